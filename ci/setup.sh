@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Creates .venv in the repository (if missing) and installs the project with its test extras.
+# torch: the CPU build 2.13.0 is installed first when no torch is present, so pip never resolves a CUDA build here.
+# Idempotent: a second run only checks that everything is installed and prints one line.
+set -euo pipefail
+# pip on this image warns about find-links folders that do not exist; that noise hides real errors.
+quiet() { "$@" 2>&1 | grep -v -E "Location .* is ignored|^\s*$" || true; return "${PIPESTATUS[0]}"; }
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "[setup] creating .venv"
+    "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+stamp=.venv/.shared_networks_installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && $VPY -c "import torch, monai, shared_networks" 2>/dev/null; then
+    echo "[setup] .venv is up to date"
+    exit 0
+fi
+quiet $VPY -m pip install -q --upgrade pip
+if ! $VPY -c "import torch" 2>/dev/null; then
+    echo "[setup] installing torch==2.13.0 (CPU build)"
+    quiet $VPY -m pip install -q "torch==2.13.0"
+fi
+echo "[setup] installing shared_networks with test extras"
+quiet $VPY -m pip install -q -e ".[test]"
+echo "$want" > "$stamp"
+echo "[setup] done: $($VPY -c 'import torch, monai; print("torch", torch.__version__, "monai", monai.__version__)')"

@@ -1,0 +1,221 @@
+"""Blocks of SegMamba (Xing et al., "SegMamba: Long-range Sequential Modeling Mamba for 3D Medical Image
+Segmentation", MICCAI 2024, arXiv:2401.13560).
+
+Two faithful variants live side by side:
+
+- the authors' release (github.com/ge-xing/SegMamba): additive GSC with two 3x3x3 convolutions, a MambaLayer of
+  LayerNorm -> tri-orientated Mamba -> residual, one GSC per stage, and an InstanceNorm + channel MLP output branch;
+- the paper: the gated GSC of Eq. 2, the TSMamba block of Eq. 1 (GSC, LN -> ToM -> residual, LN -> MLP -> residual)
+  and the feature-level uncertainty estimation (FUE) of Eq. 4 on the skips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from shared_networks.blocks.mamba import Mamba
+from shared_networks.blocks.scan_orders import tri_orientated_orders
+
+__all__ = [
+    "GatedSpatialConvolution",
+    "TriOrientatedMambaLayer",
+    "ChannelMlp",
+    "TSMambaBlock",
+    "FeatureUncertaintyEstimation",
+    "MambaEncoder",
+]
+
+TRI_ORIENTATED_SUFFIXES = ("", "_b", "_s")
+
+
+def _conv(spatial_dims: int) -> type[nn.Module]:
+    return (nn.Conv1d, nn.Conv2d, nn.Conv3d)[spatial_dims - 1]
+
+
+def _instance_norm(spatial_dims: int, channels: int) -> nn.Module:
+    return (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)[spatial_dims - 1](channels)
+
+
+class GatedSpatialConvolution(nn.Module):
+    """Gated spatial convolution (GSC) placed before each tri-orientated Mamba.
+
+    ``gate="add"`` is the released block (its attribute names, so release checkpoints load):
+    ``x + CNR1(CNR3(CNR3(x)) + CNR1(x))`` with CNR = conv -> InstanceNorm -> ReLU.
+    ``gate="multiply"`` is Eq. 2 of the paper: ``x + C3(C3(x) * C1(x))`` with the convolution blocks in the paper's
+    order norm -> conv -> ReLU.
+    """
+
+    def __init__(self, spatial_dims: int, channels: int, gate: str = "add") -> None:
+        super().__init__()
+        if gate not in ("add", "multiply"):
+            raise ValueError(f"gate must be 'add' (release) or 'multiply' (paper Eq. 2), got {gate!r}.")
+        self.gate = gate
+        conv = _conv(spatial_dims)
+        if gate == "add":
+            self.proj = conv(channels, channels, 3, 1, 1)
+            self.norm = _instance_norm(spatial_dims, channels)
+            self.nonliner = nn.ReLU()
+            self.proj2 = conv(channels, channels, 3, 1, 1)
+            self.norm2 = _instance_norm(spatial_dims, channels)
+            self.nonliner2 = nn.ReLU()
+            self.proj3 = conv(channels, channels, 1, 1, 0)
+            self.norm3 = _instance_norm(spatial_dims, channels)
+            self.nonliner3 = nn.ReLU()
+            self.proj4 = conv(channels, channels, 1, 1, 0)
+            self.norm4 = _instance_norm(spatial_dims, channels)
+            self.nonliner4 = nn.ReLU()
+        else:
+            self.spatial_branch = nn.Sequential(
+                _instance_norm(spatial_dims, channels), conv(channels, channels, 3, 1, 1), nn.ReLU()
+            )
+            self.gate_branch = nn.Sequential(
+                _instance_norm(spatial_dims, channels), conv(channels, channels, 1, 1, 0), nn.ReLU()
+            )
+            self.fuse = nn.Sequential(_instance_norm(spatial_dims, channels), conv(channels, channels, 3, 1, 1), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate == "multiply":
+            return x + self.fuse(self.spatial_branch(x) * self.gate_branch(x))
+        spatial = self.nonliner(self.norm(self.proj(x)))
+        spatial = self.nonliner2(self.norm2(self.proj2(spatial)))
+        pointwise = self.nonliner3(self.norm3(self.proj3(x)))
+        return x + self.nonliner4(self.norm4(self.proj4(spatial + pointwise)))
+
+
+class TriOrientatedMambaLayer(nn.Module):
+    """Released SegMamba ``MambaLayer``: tokens -> LayerNorm -> tri-orientated Mamba (ToM, Eq. 3) -> + input.
+
+    The forward, reversed and inter-slice scan orders are derived from the spatial shape of each input, so any
+    patch size works (the release hard-codes the slice count of a 128^3 patch).
+    """
+
+    def __init__(self, dim: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, init_all_directions: bool = False):
+        super().__init__()
+        self.dim = dim
+        self.norm = nn.LayerNorm(dim)
+        self.mamba = Mamba(
+            d_model=dim, d_state=d_state, d_conv=d_conv, expand=expand,
+            direction_suffixes=TRI_ORIENTATED_SUFFIXES, init_all_directions=init_all_directions,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, *spatial = x.shape
+        tokens = x.reshape(batch, channels, -1).transpose(1, 2)
+        orders = tri_orientated_orders(spatial, x.device)
+        out = self.mamba(self.norm(tokens), scan_orders=orders)
+        return out.transpose(1, 2).reshape(x.shape) + x
+
+
+class ChannelMlp(nn.Module):
+    """Point-wise (1x1x1 convolution) MLP C -> hidden -> C with exact GELU, the release's ``MlpChannel``."""
+
+    def __init__(self, spatial_dims: int, channels: int, hidden_channels: int) -> None:
+        super().__init__()
+        conv = _conv(spatial_dims)
+        self.fc1 = conv(channels, hidden_channels, 1)
+        self.act = nn.GELU()
+        self.fc2 = conv(hidden_channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class TSMambaBlock(nn.Module):
+    """TSMamba block of the paper, Eq. 1: ``z^ = GSC(z); z~ = ToM(LN(z^)) + z^; z' = MLP(LN(z~)) + z~``."""
+
+    def __init__(self, spatial_dims: int, dim: int, mlp_ratio: float = 2.0, d_state: int = 16) -> None:
+        super().__init__()
+        self.gsc = GatedSpatialConvolution(spatial_dims, dim, gate="multiply")
+        self.tri_orientated_mamba = TriOrientatedMambaLayer(dim, d_state=d_state, init_all_directions=True)
+        self.norm = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.tri_orientated_mamba(self.gsc(x))
+        tokens = x.flatten(2).transpose(1, 2)
+        tokens = tokens + self.mlp(self.norm(tokens))
+        return tokens.transpose(1, 2).reshape(x.shape)
+
+
+class FeatureUncertaintyEstimation(nn.Module):
+    """FUE, Eq. 4 of the paper: ``z~ = z + z * (1 - u)``, ``u = -m log m``, ``m = sigmoid(mean over channels of z)``.
+
+    It has no parameters.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.sigmoid(x.mean(dim=1, keepdim=True))
+        uncertainty = -mean * torch.log(mean.clamp_min(torch.finfo(mean.dtype).tiny))
+        return x + x * (1.0 - uncertainty)
+
+
+class MambaEncoder(nn.Module):
+    """SegMamba's multi-scale encoder: stem (7^3, stride 2), then per stage [downsample], GSC and tri-orientated
+    Mamba layers; returns the four stage outputs.
+
+    ``mode="release"`` reproduces the released ``MambaEncoder`` (attribute names ``downsample_layers``, ``gscs``,
+    ``stages``, ``mlps``; outputs through InstanceNorm + ChannelMlp). ``mode="paper"`` stacks ``depths[i]`` TSMamba
+    blocks (Eq. 1) per stage and returns the stage features through FUE (Eq. 4).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        depths: Sequence[int] = (2, 2, 2, 2),
+        feature_sizes: Sequence[int] = (48, 96, 192, 384),
+        mode: str = "release",
+        d_state: int = 16,
+    ) -> None:
+        super().__init__()
+        if mode not in ("release", "paper"):
+            raise ValueError(f"mode must be 'release' or 'paper', got {mode!r}.")
+        if len(depths) != len(feature_sizes):
+            raise ValueError(f"depths and feature_sizes must have the same length, got {depths} and {feature_sizes}.")
+        self.mode = mode
+        conv = _conv(spatial_dims)
+        self.downsample_layers = nn.ModuleList(
+            [nn.Sequential(conv(in_channels, feature_sizes[0], kernel_size=7, stride=2, padding=3))]
+        )
+        for i in range(1, len(feature_sizes)):
+            self.downsample_layers.append(
+                nn.Sequential(
+                    _instance_norm(spatial_dims, feature_sizes[i - 1]),
+                    conv(feature_sizes[i - 1], feature_sizes[i], kernel_size=2, stride=2),
+                )
+            )
+        if mode == "release":
+            self.gscs = nn.ModuleList([GatedSpatialConvolution(spatial_dims, c, gate="add") for c in feature_sizes])
+            self.stages = nn.ModuleList(
+                [
+                    nn.Sequential(*[TriOrientatedMambaLayer(c, d_state=d_state) for _ in range(depth)])
+                    for c, depth in zip(feature_sizes, depths)
+                ]
+            )
+            self.output_norms = nn.ModuleList([_instance_norm(spatial_dims, c) for c in feature_sizes])
+            self.mlps = nn.ModuleList([ChannelMlp(spatial_dims, c, 2 * c) for c in feature_sizes])
+        else:
+            self.stages = nn.ModuleList(
+                [
+                    nn.Sequential(*[TSMambaBlock(spatial_dims, c, d_state=d_state) for _ in range(depth)])
+                    for c, depth in zip(feature_sizes, depths)
+                ]
+            )
+            self.uncertainty = FeatureUncertaintyEstimation()
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = self.downsample_layers[i](x)
+            if self.mode == "release":
+                x = stage(self.gscs[i](x))
+                # The output branch is normalised; the main path continues with the un-normalised x.
+                outs.append(self.mlps[i](self.output_norms[i](x)))
+            else:
+                x = stage(x)
+                outs.append(self.uncertainty(x))
+        return outs

@@ -1,0 +1,1 @@
+from .segmamba import SegMamba
