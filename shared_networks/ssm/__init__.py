@@ -1,0 +1,16 @@
+"""
+Selective-scan core of the Mamba layers: the S6 scan and the causal depthwise conv1d, each dispatched to mamba-ssm /
+causal-conv1d CUDA kernels, a compiled C++ CPU kernel or pure PyTorch (see :mod:`shared_networks.ssm.backends`).
+"""
+
+from shared_networks.ssm.backends import available_backends, causal_conv1d_backend, selective_scan_backend
+from shared_networks.ssm.causal_conv1d import causal_conv1d
+from shared_networks.ssm.selective_scan import selective_scan
+
+__all__ = [
+    "selective_scan",
+    "causal_conv1d",
+    "selective_scan_backend",
+    "causal_conv1d_backend",
+    "available_backends",
+]
