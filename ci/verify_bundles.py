@@ -1,0 +1,830 @@
+#!/usr/bin/env python
+# Copyright (c) the shared_networks authors. Licensed under the Apache License, Version 2.0.
+"""
+Offline re-implementation of the MONAI Model Zoo bundle checks, run over every folder of ``bundles/``.
+
+For each bundle it runs what the Model Zoo CI runs (``ci/verify_bundle.py`` of Project-MONAI/model-zoo: directory,
+version, ``verify_metadata``, ``verify_net_in_out``, ``ckpt_export``), plus the key lint the Zoo CONTRIBUTING still asks
+for, the ``ConfigWorkflow.check_properties()`` of the Zoo unit tests, ``monai.bundle.load`` and file conventions
+(LICENSE, README sections, logging.conf allowlist of MONAI 1.6, relative paths, ``@device``, no process calls or
+pickle in configs, sha256 + ``hash_type`` in ``large_files.yml``). It never writes into the bundle folder: every check
+that needs weights or data works in a temporary copy of the bundle.
+
+Usage::
+
+    python ci/verify_bundles.py                       # every folder in bundles/
+    python ci/verify_bundles.py segmamba_brats -v     # named bundles, with MONAI logs
+    python ci/verify_bundles.py --checks metadata,config_lint
+
+Prints a table bundle x check -> pass / FAIL / note (+ reason) and exits 1 if any check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLES_DIR = REPO_ROOT / "bundles"
+# CI places the shared folder beside the repository; the schema is never copied into the project.
+LOCAL_SCHEMA_DIR = REPO_ROOT.parent / "shared" / "schemas"
+# Per-bundle reduced settings for CPU CI (network_def / train / inference overrides, phantom data size).
+REDUCED_SETTINGS_DIR = REPO_ROOT / "ci" / "bundle_checks"
+EXPECTED_SCHEMA = "meta_schema_20240725.json"
+
+logger = logging.getLogger("verify_bundles")
+
+PASS, FAIL, NOTE = "pass", "FAIL", "note"
+
+CONFIG_EXTENSIONS = (".json", ".yaml", ".yml")
+# Files every bundle of this collection must have (Model Zoo layout, research doc section 7 item 1).
+REQUIRED_FILES = ("LICENSE", "configs/metadata.json", "configs/logging.conf", "docs/README.md")
+REQUIRED_CONFIGS = ("train", "inference", "evaluate", "multi_gpu_train")
+# Model Zoo metadata keys that the 20240725 schema leaves optional but the Zoo asks for (CONTRIBUTING, CI until 2024-08).
+ZOO_METADATA_KEYS = (
+    "name",
+    "changelog",
+    "data_source",
+    "data_type",
+    "image_classes",
+    "label_classes",
+    "pred_classes",
+    "eval_metrics",
+    "intended_use",
+    "references",
+    "required_packages_version",
+)
+# Sections of the Model Zoo README (spleen / brats / swin_unetr bundles and docs/readme_template.md).
+README_SECTIONS = (
+    "Model Overview",
+    "Data",
+    "Training configuration",
+    "Input",
+    "Output",
+    "Performance",
+    "MONAI Bundle Commands",
+    "References",
+    "License",
+)
+# The Model Zoo requires any file over 25 MB to be a large_files entry instead of a committed file.
+MAX_COMMITTED_FILE_BYTES = 25 * 1024 * 1024
+# Folders produced by running a bundle; never part of the bundle itself.
+RUNTIME_DIRS = ("models", "eval", "runs", "mlruns", "data", "__pycache__", ".ipynb_checkpoints")
+SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
+BARE_VERSION = re.compile(r"^\d+(\.\d+)*([ab]|rc|\.post|\.dev)?\d*$")
+# Text that must not appear in any config value: process calls, deserialisation, dynamic code beyond MONAI's `$`.
+FORBIDDEN_CONFIG_PATTERNS = {
+    "subprocess": re.compile(r"\bsubprocess\b"),
+    "os.system": re.compile(r"\bos\s*\.\s*(system|popen|exec\w*|spawn\w*|fork)\b"),
+    "pickle": re.compile(r"\b(c?pickle|dill|marshal|shelve|joblib)\b"),
+    "eval(": re.compile(r"\beval\s*\("),
+    "exec(": re.compile(r"\bexec\s*\("),
+    "compile(": re.compile(r"\bcompile\s*\("),
+    "__import__": re.compile(r"__import__"),
+    "importlib": re.compile(r"\bimportlib\b"),
+    "builtins": re.compile(r"\bbuiltins\b"),
+    "network access": re.compile(r"\b(socket|urllib|requests|http\.client)\b"),
+    "rmtree": re.compile(r"\brmtree\b"),
+    "torch.load without weights_only=True": re.compile(r"torch\.load\((?![^)]*weights_only\s*=\s*True)[^)]*\)"),
+}
+# A device literal ('cuda', "cuda:0", 'cpu') or `.cuda()` outside the `device` id bypasses `@device`.
+DEVICE_LITERAL = re.compile(r"""(['"](cuda|cpu)(:\d+)?['"]|\.cuda\(\))""")
+# The Model Zoo's placeholder data root (CONTRIBUTING: "use e.g. /workspace/data/<bundle>"), allowed for dataset_dir.
+ZOO_DATA_PLACEHOLDER = "/workspace/data/"
+# A quoted absolute path inside a `$` expression that is not appended to another path (`@bundle_root + '/models'`).
+ABSOLUTE_PATH_IN_EXPR = re.compile(r"""(?<![+\s])\s*['"](/(?!/)[^'"]*|[A-Za-z]:\\[^'"]*)['"]""")
+# Largest side used for the fake input of `verify_net_in_out` / export when the metadata's shape is fixed and larger.
+DEFAULT_MAX_SIDE = 32
+
+
+class BundleCheckError(Exception):
+    """A bundle violates a check; the message says what was expected."""
+
+
+@dataclass
+class CheckResult:
+    """Outcome of one check on one bundle."""
+
+    status: str
+    detail: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class BundleContext:
+    """Per-bundle state shared between checks: the bundle, its temp working copy, synthetic data, options."""
+
+    bundle: Path
+    max_side: int = DEFAULT_MAX_SIDE
+    dataset_dir: Path | None = None
+    net_override: dict = field(default_factory=dict)
+    _workdir: Path | None = None
+    _tmp: tempfile.TemporaryDirectory | None = None
+    weights_note: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.bundle.name
+
+    def config(self, stem: str) -> Path:
+        """Path of ``configs/<stem>.{json,yaml,yml}`` in the original bundle (first that exists)."""
+        path = find_config(self.bundle, stem)
+        if path is None:
+            raise BundleCheckError(f"configs/{stem}.json|yaml|yml is missing")
+        return path
+
+    @property
+    def meta_file(self) -> Path:
+        return self.bundle / "configs" / "metadata.json"
+
+    def tmp_dir(self) -> Path:
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix=f"verify_{self.name}_")
+        return Path(self._tmp.name)
+
+    def workdir(self) -> Path:
+        """A copy of the bundle whose ``models/model.pt`` exists: the shipped one, or the network's initial weights."""
+        if self._workdir is None:
+            work = self.tmp_dir() / self.name
+            shutil.copytree(self.bundle, work, ignore=shutil.ignore_patterns(*RUNTIME_DIRS[1:]))
+            ckpt = work / "models" / "model.pt"
+            if ckpt.is_file():
+                self.weights_note = "shipped models/model.pt"
+            else:
+                import torch
+
+                ckpt.parent.mkdir(parents=True, exist_ok=True)
+                net = build_network(self, work)
+                torch.save(net.state_dict(), ckpt)
+                self.weights_note = "no models/model.pt in the bundle: initial weights of network_def"
+            self._workdir = work
+        return self._workdir
+
+    def synthetic_dataset(self) -> Path:
+        """A tiny BraTS-layout phantom dataset (or the user's ``--dataset_dir``) for workflow property checks."""
+        if self.dataset_dir is None:
+            from shared_networks.data.brats import generate_brats_phantoms
+
+            phantoms = reduced_settings(self.name).get("phantoms", {})
+            self.dataset_dir = self.tmp_dir() / "dataset"
+            generate_brats_phantoms(str(self.dataset_dir), num_cases=int(phantoms.get("num_cases", 5)),
+                                    shape=tuple(phantoms.get("shape", (32, 32, 32))), seed=0)
+        return self.dataset_dir
+
+    def cleanup(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+            self._workdir = None
+
+
+def list_bundles(bundles_dir: Path = BUNDLES_DIR) -> list[Path]:
+    """Every bundle folder (a folder holding ``configs/``) under ``bundles_dir``, sorted by name."""
+    if not bundles_dir.is_dir():
+        return []
+    return sorted(p for p in bundles_dir.iterdir() if p.is_dir() and (p / "configs").is_dir())
+
+
+def reduced_settings(bundle_name: str) -> dict:
+    """``ci/bundle_checks/<bundle_name>.yaml`` (reduced sizes for CPU CI) as a dict; empty when the file is absent."""
+    import yaml
+
+    path = REDUCED_SETTINGS_DIR / f"{bundle_name}.yaml"
+    if not path.is_file():
+        return {}
+    content = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(content, dict):
+        raise ValueError(f"{path} must hold a mapping (network_def, train, inference, phantoms)")
+    return content
+
+
+def find_config(bundle: Path, stem: str) -> Path | None:
+    """``configs/<stem>.json``, ``.yaml`` or ``.yml`` of ``bundle``, whichever exists first."""
+    for ext in CONFIG_EXTENSIONS:
+        path = bundle / "configs" / f"{stem}{ext}"
+        if path.is_file():
+            return path
+    return None
+
+
+def load_config_file(path: Path) -> Any:
+    from monai.bundle import ConfigParser
+
+    try:
+        return ConfigParser.load_config_file(str(path))
+    except Exception as e:  # JSON/YAML syntax errors have many types
+        raise BundleCheckError(f"{path.name} does not parse: {e}") from e
+
+
+def read_metadata(ctx: BundleContext) -> dict:
+    if not ctx.meta_file.is_file():
+        raise BundleCheckError("configs/metadata.json is missing")
+    try:
+        return json.loads(ctx.meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleCheckError(f"configs/metadata.json is not valid JSON: {e}") from e
+
+
+def metadata_schema_path(metadata: dict, tmp_dir: Path) -> tuple[Path, str]:
+    """The local copy of the metadata's schema when it exists (offline CI), else a temp path it is downloaded to."""
+    url = metadata.get("schema", "")
+    local = LOCAL_SCHEMA_DIR / os.path.basename(url)
+    if url and local.is_file():
+        return local, f"offline schema {local.name}"
+    return tmp_dir / "schema.json", f"schema downloaded from {url}"
+
+
+def iter_config_strings(node: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """Yield ``(id, text)`` for every key and string value of a parsed config (ids joined with ``#``)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            path = f"{prefix}#{key}" if prefix else str(key)
+            yield path, str(key)
+            yield from iter_config_strings(value, path)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from iter_config_strings(value, f"{prefix}#{i}" if prefix else str(i))
+    elif isinstance(node, str):
+        yield prefix, node
+
+
+def fake_spatial_shape(shape: Sequence[int | str], max_side: int) -> tuple[tuple[int, ...], str]:
+    """Spatial size for a fake input: the metadata's shape with ``p = n = 1`` and ``* = 16``; fixed sides larger than
+    ``max_side`` are reduced to ``max_side`` (returned note says so), since e.g. SegMamba at 128^3 is slow on CPU."""
+    from monai.bundle.scripts import _get_fake_spatial_shape
+
+    full = _get_fake_spatial_shape(shape, p=1, n=1, any=16)
+    reduced = tuple(min(int(s), max_side) for s in full)
+    note = "" if reduced == tuple(full) else f"input {list(full)} reduced to {list(reduced)} on CPU"
+    return reduced, note
+
+
+@contextlib.contextmanager
+def bundle_on_path(bundle_root: Path) -> Iterator[None]:
+    """Put the bundle root first on ``sys.path`` (as ``ConfigWorkflow.run`` and the Zoo's PYTHONPATH do) so that
+    ``scripts.*`` targets import; a stale ``scripts`` module of another bundle is dropped before and after."""
+    for mod in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+        del sys.modules[mod]
+    sys.path.insert(0, str(bundle_root))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(bundle_root))
+
+
+def build_network(ctx: BundleContext, bundle_root: Path, config_stem: str = "inference") -> Any:
+    """Instantiate ``network_def`` of ``configs/<config_stem>`` (with ``--net-override`` values), in eval mode on CPU."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(find_config(bundle_root, config_stem)))
+    parser.read_meta(str(bundle_root / "configs" / "metadata.json"))
+    parser["bundle_root"] = str(bundle_root)
+    for key, value in ctx.net_override.items():
+        parser[f"network_def#{key}"] = value
+    with bundle_on_path(bundle_root):
+        return parser.get_parsed_content("network_def").eval()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# checks: each takes the context, raises BundleCheckError on failure, and returns a detail text (or (status, text)).
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def check_files(ctx: BundleContext) -> str:
+    """Directory layout: exact file names, bundle name rules, weights present or listed, no committed file > 25 MB."""
+    problems = []
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", ctx.name) or re.search(r"_v\d", ctx.name):
+        problems.append(f"bundle folder name '{ctx.name}' must be snake_case without '_v<digit>'")
+    problems += [f"{f} is missing" for f in REQUIRED_FILES if not (ctx.bundle / f).is_file()]
+    problems += [f"configs/{c}.json|yaml is missing" for c in REQUIRED_CONFIGS if find_config(ctx.bundle, c) is None]
+    if (ctx.bundle / "LICENSE").is_file() and not (ctx.bundle / "LICENSE").read_text().strip():
+        problems.append("LICENSE is empty")
+    listed = {os.path.normpath(str(e.get("path", ""))) for e in _large_file_entries(ctx.bundle)}
+    weights_missing = not (ctx.bundle / "models" / "model.pt").is_file() and "models/model.pt" not in listed
+    for path in ctx.bundle.rglob("*"):
+        rel = path.relative_to(ctx.bundle)
+        if path.is_file() and rel.parts[0] not in RUNTIME_DIRS and path.stat().st_size > MAX_COMMITTED_FILE_BYTES:
+            problems.append(f"{rel} is over 25 MB: list it in large_files.yml instead")
+    if problems:
+        raise BundleCheckError("; ".join(problems))
+    if weights_missing:
+        # no published weights yet: the Zoo CI would need the bundle in its exclude_verify_preferred_files_list
+        return NOTE, "layout complete; no weights: models/model.pt is neither present nor listed in large_files.yml"
+    return PASS, "layout complete"
+
+
+def check_metadata(ctx: BundleContext) -> str:
+    """``monai.bundle.verify_metadata`` against the 20240725 schema (offline copy when present)."""
+    from monai.bundle import verify_metadata
+
+    metadata = read_metadata(ctx)
+    url = metadata.get("schema", "")
+    if os.path.basename(url) != EXPECTED_SCHEMA:
+        raise BundleCheckError(f"'schema' must point to {EXPECTED_SCHEMA}, got '{url}'")
+    schema, how = metadata_schema_path(metadata, ctx.tmp_dir())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "no hash value provided" for the local schema copy
+            verify_metadata(meta_file=str(ctx.meta_file), filepath=str(schema), hash_type="sha256")
+    except ValueError as e:
+        raise BundleCheckError(f"verify_metadata: {e}") from e
+    return f"valid ({how})"
+
+
+def check_metadata_keys(ctx: BundleContext) -> str:
+    """Model Zoo key lint: required extra keys, semver in changelog, bare pinned versions, image/pred tensor specs."""
+    metadata = read_metadata(ctx)
+    problems = [f"'{k}' missing" for k in ZOO_METADATA_KEYS if k not in metadata]
+    version = str(metadata.get("version", ""))
+    if not SEMVER.match(version):
+        problems.append(f"version '{version}' is not X.Y.Z")
+    if version not in metadata.get("changelog", {}):
+        problems.append(f"version '{version}' is not a key of 'changelog'")
+    refs = metadata.get("references", [])
+    if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+        problems.append("'references' must be a list of strings")
+    pins = {k: metadata.get(k) for k in ("monai_version", "pytorch_version", "numpy_version")}
+    pins.update(metadata.get("required_packages_version") or {})
+    problems += [f"version of '{k}' must be a bare PyPI version, got '{v}'" for k, v in pins.items()
+                 if not BARE_VERSION.match(str(v))]
+    if "optional_packages_version" in metadata and "required_packages_version" not in metadata:
+        problems.append("use 'required_packages_version' (verify_metadata ignores 'optional_packages_version')")
+    fmt = metadata.get("network_data_format", {})
+    inputs, outputs = fmt.get("inputs", {}), fmt.get("outputs", {})
+    if list(inputs)[:1] != ["image"] or list(outputs)[:1] != ["pred"]:
+        problems.append("network_data_format must have inputs.image and outputs.pred first (tools read these keys)")
+    for where, spec in (("inputs.image", inputs.get("image", {})), ("outputs.pred", outputs.get("pred", {}))):
+        missing = [k for k in ("type", "format", "modality", "num_channels", "spatial_shape", "dtype", "value_range",
+                               "is_patch_data", "channel_def") if k not in spec]
+        if missing:
+            problems.append(f"{where} lacks {missing}")
+            continue
+        expected_keys = [str(i) for i in range(int(spec["num_channels"]))]
+        if sorted(spec["channel_def"], key=int) != expected_keys:
+            problems.append(f"{where}.channel_def keys must be {expected_keys}")
+    pred_channels = outputs.get("pred", {}).get("channel_def", {})
+    if pred_channels and str(pred_channels.get("0", "")).lower() != "background":
+        problems.append("outputs.pred.channel_def['0'] must be 'background' (MONAI Label drops it from its labels)")
+    if problems:
+        raise BundleCheckError("; ".join(problems))
+    return f"version {version}"
+
+
+def check_config_lint(ctx: BundleContext) -> str:
+    """Every config parses; no absolute paths; device only via ``@device``; no process calls / pickle / eval."""
+    problems = []
+    configs = sorted(p for p in (ctx.bundle / "configs").iterdir() if p.suffix in CONFIG_EXTENSIONS)
+    for path in configs:
+        if path.name == "metadata.json":
+            continue
+        content = load_config_file(path)
+        if path.suffix == ".json":
+            text = path.read_text()
+            if text != json.dumps(json.loads(text), indent=4) + "\n":
+                problems.append(f"{path.name}: not 4-space indented JSON ending with a newline")
+        for cid, text in iter_config_strings(content):
+            where = f"{path.name}:{cid}"
+            for label, pattern in FORBIDDEN_CONFIG_PATTERNS.items():
+                if pattern.search(text):
+                    problems.append(f"{where}: forbidden '{label}' in {text!r}")
+            is_expr = text.startswith("$")
+            placeholder = cid == "dataset_dir" and text.startswith(ZOO_DATA_PLACEHOLDER)
+            absolute = (not is_expr and os.path.isabs(text)) or (is_expr and ABSOLUTE_PATH_IN_EXPR.search(text))
+            if absolute and not placeholder:
+                problems.append(f"{where}: absolute path in {text!r} (derive it from @bundle_root/@dataset_dir)")
+            if cid.split("#")[0] != "device" and DEVICE_LITERAL.search(text):
+                problems.append(f"{where}: device literal in {text!r} (use @device)")
+    if problems:
+        raise BundleCheckError("; ".join(problems))
+    return f"{len(configs) - 1} configs clean"
+
+
+def check_logging_conf(ctx: BundleContext) -> str:
+    """``configs/logging.conf`` passes MONAI 1.6's ``fileConfig`` allowlist and the stdlib parser."""
+    path = ctx.bundle / "configs" / "logging.conf"
+    if not path.is_file():
+        raise BundleCheckError("configs/logging.conf is missing")
+    from monai.bundle import workflows
+
+    reject = getattr(workflows, "_reject_executable_logging_config", None)
+    if reject is None:
+        raise BundleCheckError("this MONAI has no logging.conf allowlist (needs MONAI >= 1.6)")
+    try:
+        reject(str(path))
+    except ValueError as e:
+        raise BundleCheckError(f"rejected by MONAI: {e}") from e
+    parser = configparser.ConfigParser()
+    parser.read(path)
+    for section in ("loggers", "handlers", "formatters"):
+        if not parser.has_section(section):
+            raise BundleCheckError(f"logging.conf has no [{section}] section")
+    return "accepted by MONAI's allowlist"
+
+
+def _large_file_entries(bundle: Path) -> list[dict]:
+    for ext in CONFIG_EXTENSIONS:
+        path = bundle / f"large_files{ext}"
+        if path.is_file():
+            content = load_config_file(path)
+            entries = content.get("large_files") if isinstance(content, dict) else None
+            if not isinstance(entries, list):
+                raise BundleCheckError(f"{path.name} must hold a 'large_files:' list")
+            return entries
+    return []
+
+
+def check_large_files(ctx: BundleContext) -> str:
+    """``large_files.yml`` entries: relative in-bundle path, url, sha256 ``hash_val`` and explicit ``hash_type``."""
+    entries = _large_file_entries(ctx.bundle)
+    problems = []
+    for i, entry in enumerate(entries):
+        path = str(entry.get("path", ""))
+        resolved = (ctx.bundle / path).resolve()
+        if not path or os.path.isabs(path) or not resolved.is_relative_to(ctx.bundle.resolve()):
+            problems.append(f"entry {i}: path '{path}' must be relative and inside the bundle")
+        if not entry.get("url"):
+            problems.append(f"entry {i} ({path}): no url")
+        if str(entry.get("hash_type", "")).lower() != "sha256":
+            problems.append(f"entry {i} ({path}): hash_type must be given explicitly as sha256")
+        if not re.fullmatch(r"[0-9a-f]{64}", str(entry.get("hash_val", "")).lower()):
+            problems.append(f"entry {i} ({path}): hash_val must be a 64-hex-digit sha256")
+    if problems:
+        raise BundleCheckError("; ".join(problems))
+    return f"{len(entries)} entries with sha256" if entries else "no large files"
+
+
+def check_readme(ctx: BundleContext) -> str:
+    """``docs/README.md`` has the Model Zoo sections, and no command uses the removed ``run training`` syntax."""
+    path = ctx.bundle / "docs" / "README.md"
+    if not path.is_file():
+        raise BundleCheckError("docs/README.md is missing")
+    headings = [h.strip().lower() for h in re.findall(r"^#+\s*(.+)$", path.read_text(), flags=re.M)]
+    missing = [s for s in README_SECTIONS if not any(h.startswith(s.lower()) for h in headings)]
+    if missing:
+        raise BundleCheckError(f"docs/README.md lacks sections {missing}")
+    return "all Model Zoo sections"
+
+
+def _workflow(ctx: BundleContext, workflow_type: str, stems: Sequence[str], **override: Any) -> Any:
+    from monai.bundle import ConfigWorkflow
+
+    work = ctx.workdir()
+    configs = [str(find_config(work, s)) for s in stems]
+    for key, value in ctx.net_override.items():
+        override[f"network_def#{key}"] = value
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # MONAI 1.6 warns on every config parse that configs run code
+        return ConfigWorkflow(
+            config_file=configs if len(configs) > 1 else configs[0],
+            meta_file=str(work / "configs" / "metadata.json"),
+            logging_file=str(work / "configs" / "logging.conf"),
+            workflow_type=workflow_type,
+            bundle_root=str(work),
+            dataset_dir=str(ctx.synthetic_dataset()),
+            **override,
+        )
+
+
+def _check_properties(ctx: BundleContext, workflow_type: str, stems: Sequence[str]) -> str:
+    workflow = _workflow(ctx, workflow_type, stems)
+    workflow.initialize()
+    missing = workflow.check_properties()
+    if missing:
+        raise BundleCheckError(f"ConfigWorkflow({workflow_type}).check_properties() reports {missing}")
+    return f"{'+'.join(stems)}: all {workflow_type} properties"
+
+
+def check_properties_train(ctx: BundleContext) -> str:
+    """``check_properties()`` is empty for the train workflow (train config, and train + evaluate merged); the
+    ``ValidationHandler`` interval is ``@val_interval`` (Zoo key lint; MONAI's own check crashes on a number there)."""
+    handlers = load_config_file(ctx.config("train")).get("train", {}).get("handlers", [])
+    for handler in handlers if isinstance(handlers, list) else []:
+        if isinstance(handler, dict) and handler.get("_target_", "").endswith("ValidationHandler"):
+            if handler.get("interval") != "@val_interval":
+                raise BundleCheckError(f"ValidationHandler interval must be '@val_interval', got "
+                                       f"{handler.get('interval')!r}")
+    done = [_check_properties(ctx, "train", ["train"])]
+    if find_config(ctx.bundle, "evaluate") is not None:
+        done.append(_check_properties(ctx, "train", ["train", "evaluate"]))
+    return "; ".join(done)
+
+
+def check_properties_infer(ctx: BundleContext) -> str:
+    """``check_properties()`` is empty for the inference workflow."""
+    return _check_properties(ctx, "infer", ["inference"])
+
+
+def check_net_in_out(ctx: BundleContext) -> str:
+    """``monai.bundle.verify_net_in_out network_def`` on CPU with the metadata's channels (shape possibly reduced)."""
+    from monai.bundle import verify_net_in_out
+
+    metadata = read_metadata(ctx)
+    image = metadata["network_data_format"]["inputs"]["image"]
+    shape, note = fake_spatial_shape(image["spatial_shape"], ctx.max_side)
+    override = {f"network_def#{k}": v for k, v in ctx.net_override.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        verify_net_in_out(
+            net_id="network_def",
+            meta_file=str(ctx.meta_file),
+            config_file=str(ctx.config("inference")),
+            device="cpu",
+            bundle_root=str(ctx.bundle),
+            **{"_meta_#network_data_format#inputs#image#spatial_shape": list(shape)},
+            **override,
+        )
+    return f"input (1, {image['num_channels']}, {', '.join(map(str, shape))})" + (f"; {note}" if note else "")
+
+
+def _compare_outputs(reference: Any, exported: Any, what: str) -> float:
+    import torch
+
+    if reference.shape != exported.shape:
+        raise BundleCheckError(f"{what} output shape {tuple(exported.shape)} != eager {tuple(reference.shape)}")
+    err = float((reference - exported).abs().max())
+    scale = float(reference.abs().max()) + 1e-6
+    if not torch.allclose(reference, exported, rtol=1e-4, atol=1e-4 * scale):
+        raise BundleCheckError(f"{what} output differs from eager: max |diff| {err:.3g} (max |out| {scale:.3g})")
+    return err
+
+
+def check_export(ctx: BundleContext) -> tuple[str, str]:
+    """``ckpt_export`` to TorchScript (script, then trace), else ``torch.export``; the exported model must reproduce the
+    eager output on an input it was not traced with. Anything but scripting is a note the README must explain."""
+    import torch
+    from monai.bundle import ckpt_export
+
+    work = ctx.workdir()
+    metadata = read_metadata(ctx)
+    image = metadata["network_data_format"]["inputs"]["image"]
+    shape, shape_note = fake_spatial_shape(image["spatial_shape"], ctx.max_side)
+    input_shape = (1, int(image["num_channels"]), *shape)
+    net = build_network(ctx, work)
+    net.load_state_dict(torch.load(work / "models" / "model.pt", weights_only=True), strict=True)
+    torch.manual_seed(0)
+    trace_input, check_input = torch.rand(input_shape), torch.rand(input_shape)
+    with torch.no_grad():
+        reference = net(check_input)
+    override = {f"network_def#{k}": v for k, v in ctx.net_override.items()}
+    failures = []
+    for method, use_trace in (("TorchScript script", False), ("TorchScript trace", True)):
+        ts_path = ctx.tmp_dir() / f"export_{'trace' if use_trace else 'script'}.ts"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ckpt_export(
+                    net_id="network_def",
+                    filepath=str(ts_path),
+                    ckpt_file=str(work / "models" / "model.pt"),
+                    meta_file=str(work / "configs" / "metadata.json"),
+                    config_file=str(find_config(work, "inference")),
+                    bundle_root=str(work),
+                    use_trace=use_trace,
+                    input_shape=list(input_shape) if use_trace else None,
+                    **override,
+                )
+                loaded = torch.jit.load(str(ts_path))
+                with torch.no_grad():
+                    err = _compare_outputs(reference, loaded(check_input), method)
+        except Exception as e:
+            failures.append(f"{method} failed: {_first_line(e)}")
+            continue
+        detail = f"{method} via ckpt_export, max |diff| {err:.2g} ({ctx.weights_note})"
+        if shape_note:
+            detail += f"; {shape_note}"
+        if failures:
+            return NOTE, detail + "; " + "; ".join(failures) + " -> README must say TorchScript scripting is unsupported"
+        return PASS, detail
+    try:
+        exported = torch.export.export(net, (trace_input,))
+        ep_path = ctx.tmp_dir() / "model.pt2"
+        torch.export.save(exported, str(ep_path))
+        with torch.no_grad():
+            err = _compare_outputs(reference, torch.export.load(str(ep_path)).module()(check_input), "torch.export")
+    except Exception as e:
+        failures.append(f"torch.export failed: {_first_line(e)}")
+        if not _readme_mentions(ctx, "TorchScript"):
+            raise BundleCheckError("not exportable (" + "; ".join(failures) + "), and docs/README.md does not say so"
+                                   " (mention TorchScript and why it is unsupported)") from e
+        return NOTE, "not exportable, as docs/README.md states: " + "; ".join(failures)
+    return NOTE, (f"torch.export + save/load, max |diff| {err:.2g}; " + "; ".join(failures)
+                  + " -> README must say TorchScript (ckpt_export) is unsupported and why")
+
+
+def _readme_mentions(ctx: BundleContext, word: str) -> bool:
+    readme = ctx.bundle / "docs" / "README.md"
+    return readme.is_file() and word.lower() in readme.read_text().lower()
+
+
+def _check_load(ctx: BundleContext, workflow_type: str) -> tuple[str, str]:
+    """``monai.bundle.load(workflow_type=...)`` returns the network with the checkpoint's weights.
+
+    ``load()`` builds the network only from ``configs/<workflow_type>.json``; with YAML configs it returns the state dict.
+    That case is a note (not a failure), and the check shows the two ways that do work: ``load(model=net)``, and
+    ``load(workflow_type)`` once the config is also given as JSON (done in the temp copy)."""
+    import torch
+    from monai.bundle import ConfigParser, load
+
+    work = ctx.workdir()
+    state = torch.load(work / "models" / "model.pt", weights_only=True)
+    stem = "train" if workflow_type == "train" else "inference"
+    net_override = dict(ctx.net_override)
+
+    def _load(**kwargs: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return load(name=ctx.name, bundle_dir=str(work.parent), device="cpu", source="github", **kwargs)
+
+    def _assert_weights(net: Any, how: str) -> None:
+        if not isinstance(net, torch.nn.Module):
+            raise BundleCheckError(f"{how} returned {type(net).__name__}, not a network")
+        loaded = net.state_dict()
+        bad = [k for k, v in state.items() if k not in loaded or not torch.equal(loaded[k].cpu(), v)]
+        if bad:
+            raise BundleCheckError(f"{how}: weights differ from models/model.pt for {bad[:3]}")
+
+    result = _load(workflow_type=workflow_type, net_override=net_override)
+    if isinstance(result, torch.nn.Module):
+        _assert_weights(result, f"load(workflow_type='{workflow_type}')")
+        return PASS, f"load(workflow_type='{workflow_type}') returns the network ({ctx.weights_note})"
+    json_path = work / "configs" / f"{workflow_type}.json"
+    if find_config(work, stem).suffix == ".json" or json_path.exists():
+        raise BundleCheckError(f"load(workflow_type='{workflow_type}') returned {type(result).__name__}")
+    _assert_weights(_load(model=build_network(ctx, work, stem)), "load(model=network_def)")
+    json_path.write_text(json.dumps(ConfigParser.load_config_file(str(find_config(work, stem))), indent=4))
+    how = "load() with a JSON copy"
+    try:
+        try:
+            net = _load(workflow_type=workflow_type, net_override=net_override)
+        except Exception as e:
+            # load() runs the config's `initialize` with bundle_root "." (the CWD); one that loads weights or reads
+            # data then needs bundle_root and dataset_dir, given through args_file
+            args_file = ctx.tmp_dir() / "load_args.json"
+            args_file.write_text(json.dumps({"bundle_root": str(work), "dataset_dir": str(ctx.synthetic_dataset())}))
+            net = _load(workflow_type=workflow_type, net_override=net_override, args_file=str(args_file))
+            how += (f" (only with bundle_root and an existing dataset_dir given through args_file; without them:"
+                    f" {_first_line(e)})")
+        _assert_weights(net, how)
+    finally:
+        json_path.unlink()
+    return NOTE, (f"configs/{stem} is YAML: load(workflow_type='{workflow_type}') returns the state dict (it reads only"
+                  f" configs/{workflow_type}.json); load(model=<network_def>) works, and so does {how}")
+
+
+def check_load_train(ctx: BundleContext) -> tuple[str, str]:
+    """``monai.bundle.load(..., workflow_type="train")``."""
+    return _check_load(ctx, "train")
+
+
+def check_load_inference(ctx: BundleContext) -> tuple[str, str]:
+    """``monai.bundle.load(..., workflow_type="inference")``."""
+    return _check_load(ctx, "inference")
+
+
+CHECKS: dict[str, Callable[[BundleContext], Any]] = {
+    "files": check_files,
+    "metadata": check_metadata,
+    "metadata_keys": check_metadata_keys,
+    "config_lint": check_config_lint,
+    "logging_conf": check_logging_conf,
+    "large_files": check_large_files,
+    "readme": check_readme,
+    "properties_train": check_properties_train,
+    "properties_infer": check_properties_infer,
+    "net_in_out": check_net_in_out,
+    "export": check_export,
+    "load_train": check_load_train,
+    "load_inference": check_load_inference,
+}
+
+
+def _first_line(error: BaseException) -> str:
+    """``Type: first line`` of an exception and of each exception it was raised from (MONAI wraps the real cause)."""
+    parts = []
+    while error is not None and len(parts) < 4:
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        parts.append(f"{type(error).__name__}: {lines[0] if lines else ''}")
+        error = error.__cause__
+    return " <- ".join(parts)[:500]
+
+
+@contextlib.contextmanager
+def _quiet_logs(verbose: bool) -> Iterator[None]:
+    """MONAI and bundle logging.conf files log at INFO to stdout; keep the table readable unless verbose."""
+    if verbose:
+        yield
+        return
+    root = logging.getLogger()
+    saved = root.level, logging.getLogger("monai").level
+    try:
+        yield
+    finally:
+        root.setLevel(saved[0])
+        logging.getLogger("monai").setLevel(saved[1])
+
+
+def run_check(ctx: BundleContext, name: str) -> CheckResult:
+    """Run one check, turning its outcome or exception into a CheckResult."""
+    start = time.perf_counter()
+    try:
+        with bundle_on_path(ctx.bundle):
+            outcome = CHECKS[name](ctx)
+        status, detail = outcome if isinstance(outcome, tuple) else (PASS, outcome)
+    except BundleCheckError as e:
+        status, detail = FAIL, str(e)
+    except Exception as e:  # any crash of MONAI or the network is a failed check, reported with its type
+        logger.debug("check %s crashed", name, exc_info=True)
+        status, detail = FAIL, _first_line(e)
+    return CheckResult(status, detail, time.perf_counter() - start)
+
+
+def verify_bundle(
+    bundle: Path,
+    checks: Sequence[str] = tuple(CHECKS),
+    max_side: int = DEFAULT_MAX_SIDE,
+    dataset_dir: Path | None = None,
+    net_override: dict | None = None,
+) -> dict[str, CheckResult]:
+    """Run ``checks`` on one bundle folder and return ``{check: CheckResult}``."""
+    unknown = [c for c in checks if c not in CHECKS]
+    if unknown:
+        raise ValueError(f"unknown checks {unknown}; expected some of {list(CHECKS)}")
+    if not (bundle / "configs").is_dir():
+        raise FileNotFoundError(f"bundle folder {bundle} has no configs/ folder")
+    ctx = BundleContext(bundle=bundle, max_side=max_side, dataset_dir=dataset_dir, net_override=net_override or {})
+    try:
+        return {name: run_check(ctx, name) for name in checks}
+    finally:
+        ctx.cleanup()
+
+
+def format_table(results: dict[str, dict[str, CheckResult]]) -> str:
+    """One row per bundle and check: status, seconds, reason."""
+    rows = [("bundle", "check", "status", "time", "detail")]
+    for bundle, checks in results.items():
+        for check, res in checks.items():
+            rows.append((bundle, check, res.status, f"{res.seconds:.1f}s", res.detail))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
+    lines.insert(1, "-" * min(160, sum(widths) + 8 + max(len(r[4]) for r in rows)))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bundles", nargs="*", help="bundle names or paths (default: every folder in bundles/)")
+    parser.add_argument("--checks", default=",".join(CHECKS), help=f"comma-separated subset of {','.join(CHECKS)}")
+    parser.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
+                        help="largest side of the fake input for net_in_out/export (fixed metadata shapes above it are"
+                             " reduced; default %(default)s)")
+    parser.add_argument("--dataset-dir", type=Path, default=None,
+                        help="data for the workflow property checks (default: BraTS phantoms in a temp dir)")
+    parser.add_argument("--net-override", default="{}",
+                        help='JSON dict of network_def overrides, e.g. \'{"hidden_size": 64}\' (reduced network)')
+    parser.add_argument("--reduced", action="store_true",
+                        help="use the network_def overrides of ci/bundle_checks/<bundle>.yaml (reduced network)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show MONAI's logs")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    bundles = [Path(b) if os.sep in b or Path(b).is_dir() else BUNDLES_DIR / b for b in args.bundles] or list_bundles()
+    if not bundles:
+        logger.error("no bundle folders found in %s", BUNDLES_DIR)
+        return 1
+    missing = [str(b) for b in bundles if not (b / "configs").is_dir()]
+    if missing:
+        parser.error(f"not bundle folders (no configs/): {missing}")
+    try:
+        net_override = json.loads(args.net_override)
+    except json.JSONDecodeError as e:
+        parser.error(f"--net-override must be a JSON dict: {e}")
+    checks = [c.strip() for c in args.checks.split(",") if c.strip()]
+    if not checks or any(c not in CHECKS for c in checks):
+        parser.error(f"unknown checks in '{args.checks}'; expected some of {','.join(CHECKS)}")
+    results = {}
+    with _quiet_logs(args.verbose):
+        for bundle in bundles:
+            override = {**(reduced_settings(bundle.name).get("network_def", {}) if args.reduced else {}), **net_override}
+            results[bundle.name] = verify_bundle(bundle.resolve(), checks, args.max_side, args.dataset_dir, override)
+    print(format_table(results))
+    failed = [(b, c) for b, r in results.items() for c, res in r.items() if res.status == FAIL]
+    print(f"\n{sum(len(r) for r in results.values()) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
