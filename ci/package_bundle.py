@@ -8,6 +8,10 @@ That is the layout ``monai.bundle.download(name=<name>, url=<zip>)`` needs (it u
 
 - everything tracked in the bundle folder (configs, docs, LICENSE, scripts/, large_files.yml), except run outputs and
   local data: ``eval/``, ``runs/``, ``mlruns/``, ``data/``, ``datalist*.json``, caches (``__pycache__``, ``*.pyc``);
+- ``configs/train.json`` and ``configs/inference.json`` generated from ``train.yaml`` / ``inference.yaml`` when the
+  bundle has no JSON of its own: ``monai.bundle.load(..., workflow_type="train"|"inference")`` builds the network only
+  from ``configs/<workflow_type>.json`` (it returns a bare state dict otherwise). The JSON holds the same content as
+  the YAML (comments aside); the YAML stays what the docs give ``python -m monai.bundle run --config_file``;
 - ``models/``: ``--models auto`` (default) includes the weight files that are present, ``--models yes`` requires
   ``models/model.pt``, ``--models no`` leaves them out (a config-only archive, weights restored with
   ``python -m monai.bundle download_large_files``). Weights listed in ``large_files.yml`` must match their sha256,
@@ -88,6 +92,25 @@ def select_files(bundle: Path, models: str = "auto") -> list[Path]:
     return selected
 
 
+def json_twins(bundle: Path, files: Sequence[Path]) -> dict[Path, bytes]:
+    """``configs/<stem>.json`` for the YAML train and inference configs that have no JSON twin among ``files``."""
+    import yaml
+
+    twins = {}
+    for stem in ("train", "inference"):
+        yaml_rel = next((Path("configs") / f"{stem}{ext}" for ext in (".yaml", ".yml")
+                         if Path("configs") / f"{stem}{ext}" in files), None)
+        json_rel = Path("configs") / f"{stem}.json"
+        if yaml_rel is None or json_rel in files:
+            continue
+        try:
+            content = yaml.safe_load((bundle / yaml_rel).read_text())
+        except yaml.YAMLError as e:
+            raise ValueError(f"{bundle / yaml_rel} does not parse as YAML: {e}") from e
+        twins[json_rel] = (json.dumps(content, indent=4) + "\n").encode()
+    return twins
+
+
 def package_bundle(bundle: Path, output_dir: Path, models: str = "auto") -> Path:
     """Write ``<output_dir>/<name>_v<version>.zip`` for the bundle folder ``bundle`` and return its path."""
     bundle = Path(bundle).resolve()
@@ -116,6 +139,7 @@ def package_bundle(bundle: Path, output_dir: Path, models: str = "auto") -> Path
                                  f"{entry.get('hash_val')}: refusing to package mismatching weights")
     if large_files_path is not None and listed and all(rel in files for rel in listed):
         files.remove(large_files_path.relative_to(bundle))
+    generated = json_twins(bundle, files)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     target = output_dir / f"{name}_v{version}.zip"
@@ -123,10 +147,13 @@ def package_bundle(bundle: Path, output_dir: Path, models: str = "auto") -> Path
     os.close(fd)
     try:
         with zipfile.ZipFile(tmp_name, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
-            for rel in files:
+            for rel in sorted([*files, *generated]):
                 info = zipfile.ZipInfo(f"{name}/{rel.as_posix()}", date_time=ZIP_DATE_TIME)
                 info.external_attr = 0o644 << 16
                 info.compress_type = zipfile.ZIP_DEFLATED
+                if rel in generated:
+                    archive.writestr(info, generated[rel])
+                    continue
                 with open(bundle / rel, "rb") as src, archive.open(info, "w") as dst:
                     for block in iter(lambda: src.read(1 << 20), b""):
                         dst.write(block)
@@ -134,7 +161,8 @@ def package_bundle(bundle: Path, output_dir: Path, models: str = "auto") -> Path
     except BaseException:
         os.unlink(tmp_name)
         raise
-    logger.info("wrote %s (%d files, sha256 %s)", target, len(files), sha256_of(target))
+    logger.info("wrote %s (%d files, %d generated: %s; sha256 %s)", target, len(files) + len(generated),
+                len(generated), ", ".join(p.as_posix() for p in generated) or "-", sha256_of(target))
     return target
 
 

@@ -23,8 +23,24 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES_DIR = REPO_ROOT / "bundles"
 CI_DIR = REPO_ROOT / "ci"
-SCHEMA_FILE = REPO_ROOT.parent / "shared" / "schemas" / "meta_schema_20240725.json"
+SCHEMA_FILE = Path(os.environ.get("MONAI_BUNDLE_SCHEMA_DIR") or REPO_ROOT.parent / "shared" / "schemas") \
+    / "meta_schema_20240725.json"
+SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 BRATS_MODALITY_SUFFIXES = ("t2w", "t2f", "t1n", "t1c")
+
+
+@functools.lru_cache(maxsize=None)
+def metadata_schema_available() -> bool:
+    """The metadata schema is at hand: the offline copy CI has beside the repository, or a reachable download."""
+    if SCHEMA_FILE.is_file():
+        return True
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(SCHEMA_URL, method="HEAD"), timeout=10):
+            return True
+    except OSError:
+        return False
 
 
 def bundle_dirs() -> list[Path]:

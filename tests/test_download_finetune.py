@@ -20,6 +20,7 @@ from conftest import (
     copy_bundle,
     import_ci_script,
     make_phantoms,
+    reduced_settings,
     reduced_train_overrides,
     serve_directory,
     subprocess_env,
@@ -66,9 +67,13 @@ def test_package_layout_and_exclusions(package_bundle, tiny_bundle, tmp_path):
         f"tiny_unet_segmentation/{rel}"
         for rel in ("LICENSE", "docs/README.md", "models/model.pt", "configs/metadata.json", "configs/logging.conf",
                     "configs/train.yaml", "configs/evaluate.yaml", "configs/inference.yaml",
-                    "configs/multi_gpu_train.yaml")
+                    "configs/multi_gpu_train.yaml", "configs/train.json", "configs/inference.json")
     )  # clutter excluded; large_files.yml dropped because every listed file is inside (Model Zoo release rule)
     assert zipfile.ZipFile(zip_path).read("tiny_unet_segmentation/models/model.pt") == b"weights"
+    # the JSON twins that monai.bundle.load(workflow_type=...) reads hold exactly the YAML's content
+    for stem in ("train", "inference"):
+        twin = json.loads(zipfile.ZipFile(zip_path).read(f"tiny_unet_segmentation/configs/{stem}.json"))
+        assert twin == yaml.safe_load((tiny_bundle / "configs" / f"{stem}.yaml").read_text())
     # deterministic: a second build is byte-identical
     again = package_bundle.package_bundle(tiny_bundle, tmp_path / "dist2")
     assert _sha256(again) == _sha256(zip_path)
@@ -129,6 +134,21 @@ def test_download_and_finetune(bundle: Path, tmp_path: Path):
     assert (downloaded / "configs" / "metadata.json").is_file()
     assert _sha256(downloaded / "models" / "model.pt") == _sha256(weights)
 
+    # monai.bundle.load builds the network from the downloaded bundle's configs, with the downloaded weights, and
+    # needs no dataset for it
+    import torch
+    from monai.bundle import load
+
+    net_override = reduced_settings(bundle).get("network_def", {})
+    expected = torch.load(weights, weights_only=True)
+    for workflow_type in ("train", "inference"):
+        with pytest.warns(UserWarning):  # MONAI 1.6 warns that bundle configs run code
+            net = load(name=bundle.name, bundle_dir=str(downloads), workflow_type=workflow_type, source="github",
+                       net_override=net_override, device="cpu")
+        assert isinstance(net, torch.nn.Module), f"load(workflow_type={workflow_type!r}) returned {type(net)}"
+        assert net.state_dict().keys() == expected.keys()
+        assert all(torch.equal(net.state_dict()[k], expected[k]) for k in expected)
+
     dataset = make_phantoms(bundle, tmp_path / "dataset")
     overrides = {**reduced_train_overrides(bundle), "bundle_root": str(downloaded), "dataset_dir": str(dataset),
                  "finetune": True}
@@ -141,8 +161,6 @@ def test_download_and_finetune(bundle: Path, tmp_path: Path):
     # the CheckpointLoader enabled by `finetune` restored the downloaded weights before training
     assert f"Restored all variables from {downloaded / 'models' / 'model.pt'}" in log, log[-5000:]
     # and the best model of the fine-tuning run replaced models/model.pt with trained weights (same keys, new values)
-    import torch
-
     before = torch.load(weights, weights_only=True)
     after = torch.load(downloaded / "models" / "model.pt", weights_only=True)
     assert after.keys() == before.keys()

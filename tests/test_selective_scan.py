@@ -343,3 +343,50 @@ def test_softplus_over_a_wide_range_of_steps(backend):
     out, state = selective_scan(**inputs, delta_softplus=True, return_last_state=True, backend=backend)
     expected, expected_state = selective_scan_reference(**inputs, delta_softplus=True)
     assert rel_error(out, expected) <= 1e-5 and rel_error(state, expected_state) <= 1e-5
+
+
+@pytest.mark.skipif(load_extension() is None, reason="the C++ selective-scan kernel could not be built here")
+@pytest.mark.parametrize("optional", [True, False])
+def test_cpp_operator_registration_passes_opcheck(optional):
+    """torch.library.opcheck: schema, fake (shape-only) implementation and autograd registration of the C++ operators
+    agree with what the kernel does; this is what tracing, torch.export and torch.compile rely on."""
+    inputs = make_inputs(batch=2, dim=4, dstate=5, length=300, groups=2, with_d=optional, with_z=optional,
+                         with_bias=optional)
+    args = [inputs[name] for name in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    for save_checkpoints in (False, True):
+        leaves = [None if t is None else t.clone().requires_grad_(save_checkpoints) for t in args]
+        # delta_softplus: make_inputs draws negative step sizes, which only softplus turns into a stable scan
+        torch.library.opcheck(torch.ops.shared_networks.selective_scan_cpu_forward,
+                              (*leaves, True, save_checkpoints))
+    out, _, checkpoints = torch.ops.shared_networks.selective_scan_cpu_forward(*args, True, True)
+    torch.library.opcheck(torch.ops.shared_networks.selective_scan_cpu_backward,
+                          (torch.randn_like(out), *args, True, checkpoints))
+
+
+@pytest.mark.skipif(load_extension() is None, reason="the C++ selective-scan kernel could not be built here")
+def test_cpp_backend_traces_and_exports():
+    """A module calling the cpp backend is recorded as the operator by torch.jit.trace and torch.export, and the
+    recorded programs compute what eager mode does on an input they were not traced with."""
+
+    class Scan(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            inputs = make_inputs(batch=1, dim=4, dstate=5, length=40)
+            self.A = torch.nn.Parameter(inputs["A"])
+            self.D = torch.nn.Parameter(inputs["D"])
+
+        def forward(self, u, delta, B, C):
+            return selective_scan(u, delta, self.A, B, C, self.D, delta_softplus=True, backend="cpp")
+
+    module = Scan().eval()
+    example = make_inputs(batch=1, dim=4, dstate=5, length=40, seed=1)
+    other = make_inputs(batch=1, dim=4, dstate=5, length=40, seed=2)
+    args, other_args = ([x[k] for k in ("u", "delta", "B", "C")] for x in (example, other))
+    with torch.no_grad():
+        expected = module(*other_args)
+        traced = torch.jit.trace(module, tuple(args))
+        assert "shared_networks::selective_scan_cpu_forward" in str(traced.inlined_graph)
+        exported = torch.export.export(module, tuple(args))
+        assert any("selective_scan_cpu_forward" in str(node.target) for node in exported.graph.nodes)
+        torch.testing.assert_close(traced(*other_args), expected, rtol=0, atol=0)
+        torch.testing.assert_close(exported.module()(*other_args), expected, rtol=0, atol=0)

@@ -7,16 +7,24 @@ the backend is then reported unavailable, so ``"auto"`` falls back to the ``"tor
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
 import time
 from types import ModuleType
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["build_extension", "load_extension", "extension_build_seconds", "selective_scan_cpp"]
+__all__ = [
+    "build_extension",
+    "load_extension",
+    "extension_build_seconds",
+    "selective_scan_cpu_forward",
+    "selective_scan_cpu_backward",
+    "selective_scan_cpp",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +45,19 @@ def _cpu_capability() -> str:
 
 
 CPU_CAPABILITY = _cpu_capability()
-# one cached build per instruction set, so a shared cache never hands an AVX-512 build to an AVX2-only CPU
-EXTENSION_NAME = f"shared_networks_selective_scan_cpu_{CPU_CAPABILITY.lower()}"
+
+
+def _source_digest() -> str:
+    try:
+        with open(SOURCE, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()[:10]
+    except OSError:  # the build reports the missing source
+        return "nosource"
+
+
+# one cached build per instruction set and source version: a shared cache never hands an AVX-512 build to an
+# AVX2-only CPU, and two installed versions of the package do not keep rebuilding over each other
+EXTENSION_NAME = f"shared_networks_selective_scan_cpu_{CPU_CAPABILITY.lower()}_{_source_digest()}"
 
 _lock = threading.Lock()
 _extension: Optional[ModuleType] = None
@@ -91,49 +110,117 @@ def extension_build_seconds() -> Optional[float]:
     return _build_seconds
 
 
-def _optional(tensor: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
-    return None if tensor is None else tensor.to(dtype).contiguous()
+# The kernel is registered as PyTorch operators (``torch.ops.shared_networks.*``) rather than called from an
+# autograd.Function: an operator with a fake (shape-only) implementation is what lets ``torch.jit.trace``,
+# ``torch.export`` and ``torch.compile`` see through the network. A traced or exported model therefore refers to these
+# operators by name and needs ``import shared_networks.ssm`` before it is loaded.
 
 
-class SelectiveScanCppFunction(torch.autograd.Function):
-    """Autograd wrapper of the C++ kernel; the backward recomputes states from chunk-start checkpoints."""
+@torch.library.custom_op("shared_networks::selective_scan_cpu_forward", mutates_args=(), device_types="cpu")
+def selective_scan_cpu_forward(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor],
+    z: Optional[torch.Tensor],
+    delta_bias: Optional[torch.Tensor],
+    delta_softplus: bool,
+    save_checkpoints: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    The kernel's forward. ``u``, ``delta``, ``z`` share one dtype; ``A``, ``B``, ``C``, ``D``, ``delta_bias`` are in
+    the accumulation dtype (float32, float64 for float64 ``u``); all contiguous, ``B``/``C`` grouped.
 
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):  # type: ignore[override]
-        extension = load_extension()
-        acc = torch.float64 if u.dtype == torch.float64 else torch.float32
-        inputs = (
-            u.contiguous(),
-            delta.to(u.dtype).contiguous(),
-            A.to(acc).contiguous(),
-            B.to(acc).contiguous(),
-            C.to(acc).contiguous(),
-            _optional(D, acc),
-            _optional(z, u.dtype),
-            _optional(delta_bias, acc),
-        )
-        needs_grad = any(ctx.needs_input_grad[:8])
-        out, last_state, checkpoints = extension.forward(*inputs, delta_softplus, needs_grad)
-        if needs_grad:
-            ctx.save_for_backward(*(t if t is not None else torch.empty(0) for t in inputs), checkpoints)
-            ctx.present = tuple(t is not None for t in inputs)
-            ctx.dtypes = tuple(None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, delta_bias))
-            ctx.delta_softplus = delta_softplus
-        ctx.mark_non_differentiable(last_state)
-        return out, last_state
+    Returns:
+        output (batch, dim, L), last state (batch, dim, N) and, when ``save_checkpoints``, the states before every
+        chunk of the sequence (batch, dim, n_chunks, N) that the backward starts from (else an empty tensor).
+    """
+    out, last_state, checkpoints = _require_extension().forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                                        save_checkpoints)
+    return out, last_state, checkpoints
 
-    @staticmethod
-    def backward(ctx, dout, _dlast_state):  # type: ignore[override]
-        *saved, checkpoints = ctx.saved_tensors
-        u, delta, A, B, C, D, z, delta_bias = (t if present else None for t, present in zip(saved, ctx.present))
-        grads = load_extension().backward(
-            dout.to(u.dtype).contiguous(), u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, checkpoints
-        )
-        du, ddelta, dA, dB, dC, dD, dz, dbias = grads
-        result = []
-        for grad, dtype, needed in zip((du, ddelta, dA, dB, dC, dD, dz, dbias), ctx.dtypes, ctx.needs_input_grad):
-            result.append(grad.to(dtype) if needed and dtype is not None else None)
-        return (*result, None)
+
+@selective_scan_cpu_forward.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_checkpoints):
+    batch, dim, length = u.shape
+    n_state = A.shape[1]
+    chunks = -(-length // _require_extension().checkpoint_chunk)
+    checkpoints = A.new_empty((batch, dim, chunks, n_state) if save_checkpoints else (0,))
+    return torch.empty_like(u), A.new_empty(batch, dim, n_state), checkpoints
+
+
+@torch.library.custom_op("shared_networks::selective_scan_cpu_backward", mutates_args=(), device_types="cpu")
+def selective_scan_cpu_backward(
+    dout: torch.Tensor,
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor],
+    z: Optional[torch.Tensor],
+    delta_bias: Optional[torch.Tensor],
+    delta_softplus: bool,
+    checkpoints: torch.Tensor,
+) -> List[torch.Tensor]:
+    """
+    The kernel's backward from the forward's checkpoints: ``[du, ddelta, dA, dB, dC, dD, dz, ddelta_bias]`` with
+    the dtypes and shapes of the inputs; ``dD``, ``dz``, ``ddelta_bias`` are empty when the input is absent.
+    """
+    return list(_require_extension().backward(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, checkpoints))
+
+
+@selective_scan_cpu_backward.register_fake
+def _(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, checkpoints):
+    def like_or_empty(tensor: Optional[torch.Tensor], dtype_of: torch.Tensor) -> torch.Tensor:
+        return dtype_of.new_empty(0) if tensor is None else torch.empty_like(tensor, dtype=dtype_of.dtype)
+
+    return [
+        torch.empty_like(u),
+        torch.empty_like(u),
+        torch.empty_like(A),
+        torch.empty_like(B),
+        torch.empty_like(C),
+        like_or_empty(D, A),
+        like_or_empty(z, u),
+        like_or_empty(delta_bias, A),
+    ]
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_checkpoints = inputs
+    if not save_checkpoints:
+        return
+    ctx.present = tuple(t is not None for t in (D, z, delta_bias))
+    optional = tuple(t for t in (D, z, delta_bias) if t is not None)
+    ctx.save_for_backward(u, delta, A, B, C, output[2], *optional)
+    ctx.delta_softplus = delta_softplus
+
+
+def _backward(ctx, dout, _dlast_state, _dcheckpoints):
+    if not hasattr(ctx, "present"):
+        raise RuntimeError("selective_scan_cpu_forward was called with save_checkpoints=False; it has no backward.")
+    u, delta, A, B, C, checkpoints, *optional = ctx.saved_tensors
+    optional_iter = iter(optional)
+    D, z, delta_bias = (next(optional_iter) if present else None for present in ctx.present)
+    grads = selective_scan_cpu_backward(
+        dout.to(u.dtype).contiguous(), u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, checkpoints
+    )
+    du, ddelta, dA, dB, dC, dD, dz, dbias = grads
+    return du, ddelta, dA, dB, dC, dD if D is not None else None, dz if z is not None else None, \
+        dbias if delta_bias is not None else None, None, None
+
+
+selective_scan_cpu_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _require_extension() -> ModuleType:
+    extension = load_extension()
+    if extension is None:
+        raise RuntimeError("the C++ selective-scan kernel is not available (its build failed; see the log).")
+    return extension
 
 
 def selective_scan_cpp(
@@ -150,10 +237,20 @@ def selective_scan_cpp(
     """
     Selective scan with the C++ kernel; inputs validated, CPU, ``B``/``C`` grouped (batch, G, N, L).
 
+    The casts to the kernel's dtypes happen here, outside the operator, so autograd casts the gradients back.
+
     Returns:
         output (batch, dim, L) in ``u``'s dtype and the last state (batch, dim, N) in float32 (float64 for float64
         inputs), which is not differentiable (as in mamba-ssm).
     """
-    if load_extension() is None:
-        raise RuntimeError("the C++ selective-scan kernel is not available (its build failed; see the log).")
-    return SelectiveScanCppFunction.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    _require_extension()
+    acc = torch.float64 if u.dtype == torch.float64 else torch.float32
+
+    def cast(tensor: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
+        return None if tensor is None else tensor.to(dtype).contiguous()
+
+    inputs = (u.contiguous(), cast(delta, u.dtype), cast(A, acc), cast(B, acc), cast(C, acc), cast(D, acc),
+              cast(z, u.dtype), cast(delta_bias, acc))
+    save_checkpoints = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    out, last_state, _ = selective_scan_cpu_forward(*inputs, delta_softplus, save_checkpoints)
+    return out, last_state.detach()

@@ -555,6 +555,7 @@ std::vector<at::Tensor> selective_scan_backward(const at::Tensor& dout, const at
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.attr("checkpoint_chunk") = kChunk;
   m.def("forward", &selective_scan_forward, "selective scan forward (CPU)", py::arg("u"), py::arg("delta"),
         py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"), py::arg("z"), py::arg("delta_bias"),
         py::arg("delta_softplus"), py::arg("save_checkpoints"));
