@@ -1,89 +1,214 @@
 # Copyright (c) the shared_networks authors. Licensed under the Apache License, Version 2.0.
 """Every segmentation bundle served by MONAI Label's ``monaibundle`` app (monailabel 0.8.5, own env made by
-``ci/setup_monailabel.sh``): ``/info/`` lists the labels of ``channel_def`` and ``/infer/<bundle>`` returns a label
-volume of the input's size. Skipped when the env is missing, unless RUN_MONAILABEL=1 (then it must exist)."""
+``ci/setup_monailabel.sh``) from a local folder: ``/info/`` lists the labels of ``channel_def``, ``/infer/<bundle>``
+with an uploaded image returns a label volume on the input's grid, and ``/train/<bundle>`` fine-tunes the served
+weights and rewrites ``models/model.pt``. The server runs on 127.0.0.1 (a free port) with reduced network sizes.
+Skipped when RUN_MONAILABEL=0 or the env is missing, unless RUN_MONAILABEL=1 (then it must exist and work);
+``ci/test.sh`` builds the env and sets RUN_MONAILABEL=1 when the disk has room."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import time
 import urllib.request
+import uuid
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO_ROOT, bundle_params, copy_bundle, free_port, reduced_settings, subprocess_env, \
-    write_initial_weights
+from conftest import REPO_ROOT, bundle_params, copy_bundle, free_port, make_phantoms, reduced_settings, \
+    subprocess_env, write_initial_weights
 
 MONAILABEL_VENV = Path(os.environ.get("MONAILABEL_VENV", REPO_ROOT / ".venv-monailabel"))
 MONAILABEL = MONAILABEL_VENV / "bin" / "monailabel"
+VENV_PYTHON = MONAILABEL_VENV / "bin" / "python"
+TRAIN_CASES = 3  # MONAI Label splits them 2 / 1 with val_split 0.34
+UPLOAD_SHAPE = (40, 36, 32)  # not cubic, so a mixed-up axis order shows
+UPLOAD_SPACING = (1.0, 1.0, 1.25)  # not the bundle's 1 mm: Spacingd and its inverse both run
 
 pytestmark = [pytest.mark.monailabel, pytest.mark.slow]
 
 
+def _skip_or_fail(reason: str) -> None:
+    if os.environ.get("RUN_MONAILABEL") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def monailabel_bin() -> Path:
-    required = os.environ.get("RUN_MONAILABEL") == "1"
+    if os.environ.get("RUN_MONAILABEL") == "0":
+        pytest.skip("RUN_MONAILABEL=0")
     if not MONAILABEL.is_file():
-        reason = f"MONAI Label env missing ({MONAILABEL}); create it with `bash ci/setup_monailabel.sh`"
-        pytest.fail(reason) if required else pytest.skip(reason)
+        _skip_or_fail(f"MONAI Label env missing ({MONAILABEL}); create it with `bash ci/setup_monailabel.sh`")
     # the app imports monailabel.transform.post, which imports torchvision: it must load with the env's torch
-    probe = subprocess.run([str(MONAILABEL_VENV / "bin" / "python"), "-c", "import monailabel.tasks.infer.bundle"],
-                           capture_output=True, text=True, timeout=300)
+    code = "import monailabel.tasks.infer.bundle, monailabel.tasks.train.bundle"
+    probe = subprocess.run([str(VENV_PYTHON), "-c", code], capture_output=True, text=True, timeout=300,
+                           env=subprocess_env())
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]
-        reason = f"MONAI Label env {MONAILABEL_VENV} cannot load its bundle tasks ({last})"
-        pytest.fail(reason) if required else pytest.skip(reason)
+        _skip_or_fail(f"MONAI Label env {MONAILABEL_VENV} cannot load its bundle tasks ({last})")
     return MONAILABEL
 
 
+@pytest.fixture(scope="module")
+def scan_backend(monailabel_bin: Path) -> str:
+    """The CPU selective-scan backend of the MONAI Label env: ``cpp`` when the C++ kernel builds there (the build is
+    cached for the server), else the pure PyTorch fallback ``torch``. The server is then forced onto it, so a kernel
+    that built here but failed inside the server would fail the tests instead of silently falling back."""
+    code = ("import logging; logging.basicConfig(level=logging.WARNING)\n"
+            "from shared_networks.ssm.backends import selective_scan_backend\n"
+            "print(selective_scan_backend('cpu', backend='auto'))")
+    probe = subprocess.run([str(VENV_PYTHON), "-c", code], capture_output=True, text=True, timeout=900,
+                           env=subprocess_env(), cwd=REPO_ROOT)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    backend = probe.stdout.strip().splitlines()[-1]
+    assert backend in ("cpp", "torch"), probe.stdout
+    if backend != "cpp":
+        warnings.warn(f"the C++ scan kernel does not build in {MONAILABEL_VENV}; MONAI Label runs the pure PyTorch "
+                      f"scan ({(probe.stderr.strip().splitlines() or ['?'])[-1]})", stacklevel=1)
+    return backend
+
+
 def _reduce_configs(bundle_copy: Path) -> None:
-    """MONAI Label builds ``network_def`` from the bundle's own configs, so write the reduced sizes into the copy."""
+    """MONAI Label builds ``network_def`` from the bundle's own configs, so write the reduced sizes into the copy.
+    A ``finetune`` switch of the train config is turned on: MONAI Label then trains from the served ``model.pt``
+    (it does not add its own loader when the bundle has a ``CheckpointLoader``, see docs/monailabel.md)."""
     settings = reduced_settings(bundle_copy)
-    for stem, section in (("inference", "inference"), ("train", "train")):
-        path = next((bundle_copy / "configs").glob(f"{stem}.*"))
-        content = yaml.safe_load(path.read_text())
-        content["network_def"].update(settings.get("network_def", {}))
-        content.update({k: v for k, v in settings.get(section, {}).items() if k in content})
-        path.write_text(yaml.safe_dump(content, sort_keys=False, width=200))
+    for stem in ("inference", "train"):
+        # every copy of the config (MONAI Label reads the JSON one first when a release carries both)
+        paths = [p for p in (bundle_copy / "configs").glob(f"{stem}.*") if p.suffix in (".json", ".yaml", ".yml")]
+        assert paths, f"{bundle_copy.name} has no configs/{stem}.json|yaml"
+        for path in paths:
+            content = (json.loads if path.suffix == ".json" else yaml.safe_load)(path.read_text())
+            content["network_def"].update(settings.get("network_def", {}))
+            content.update({k: v for k, v in settings.get(stem, {}).items() if k in content})
+            if stem == "train" and "finetune" in content:
+                content["finetune"] = True
+            path.write_text(json.dumps(content, indent=2) if path.suffix == ".json"
+                            else yaml.safe_dump(content, sort_keys=False, width=200))
 
 
-def _wait_for(url: str, server: subprocess.Popen, log: Path, timeout: float = 300) -> dict:
+def _metadata(bundle: Path) -> tuple[dict, dict]:
+    """(input channel_def, output channel_def) of the first input/output, as MONAI Label reads them."""
+    formats = json.loads((bundle / "configs" / "metadata.json").read_text())["network_data_format"]
+    image = next(iter(formats["inputs"].values()))
+    pred = next(iter(formats["outputs"].values()))
+    return image["channel_def"], pred["channel_def"]
+
+
+def _stack_case(case_dir: Path, channel_def: dict, affine: np.ndarray | None = None):
+    """One BraTS-layout case as a single channel-last NIfTI in the bundle's input channel order (MONAI Label serves
+    one image file per case), plus its label map; ``affine`` replaces the case's own."""
+    import nibabel as nib
+
+    case = case_dir.name
+    channels = [nib.load(str(case_dir / f"{case}-{channel_def[str(i)]}.nii.gz")) for i in range(len(channel_def))]
+    affine = channels[0].affine if affine is None else affine
+    image = nib.Nifti1Image(np.stack([np.asarray(c.dataobj, dtype=np.float32) for c in channels], axis=-1), affine)
+    seg = nib.load(str(case_dir / f"{case}-seg.nii.gz"))
+    label = nib.Nifti1Image(np.asarray(seg.dataobj, dtype=np.uint8), affine)
+    return image, label
+
+
+def _multipart(fields: dict[str, str], files: dict[str, Path]) -> tuple[bytes, str]:
+    boundary = f"----sharednetworks{uuid.uuid4().hex}"
+    parts = []
+    for name, value in fields.items():
+        parts.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n".encode())
+    for name, path in files.items():
+        parts.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{path.name}\"\r\n"
+                     "Content-Type: application/octet-stream\r\n\r\n".encode() + path.read_bytes() + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def _post(url: str, body: bytes, content_type: str, timeout: float) -> bytes:
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        assert response.status == 200, response.status
+        return response.read()
+
+
+@dataclasses.dataclass
+class Served:
+    bundle: Path  # the bundle in bundles/
+    copy: Path  # the served copy under <app>/model/
+    base_url: str
+    server: subprocess.Popen
+    log: Path
+    initial_weights: Path  # a copy of the weights the server started with
+    upload: Path  # 4-channel NIfTI to upload for /infer
+    tmp: Path
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:]
+
+
+def _wait_for(url: str, server: subprocess.Popen, log: Path, timeout: float = 600) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            pytest.fail("MONAI Label server exited:\n" + log.read_text()[-5000:])
+            pytest.fail("MONAI Label server exited:\n" + log.read_text(errors="replace")[-6000:])
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
+            with urllib.request.urlopen(url, timeout=10) as response:
                 return json.loads(response.read())
         except OSError:
             time.sleep(1)
-    pytest.fail(f"MONAI Label server not up after {timeout}s:\n" + log.read_text()[-5000:])
+    pytest.fail(f"MONAI Label server not up after {timeout}s:\n" + log.read_text(errors="replace")[-6000:])
 
 
-@pytest.mark.parametrize("bundle", bundle_params())
-def test_monaibundle_app_info_and_infer(monailabel_bin: Path, bundle: Path, tmp_path: Path):
+@pytest.fixture(scope="module", params=bundle_params())
+def served(request, monailabel_bin: Path, scan_backend: str,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """The bundle (reduced, initial weights) in a fresh ``monaibundle`` app, with a datastore of labelled synthetic
+    BraTS cases, served on 127.0.0.1."""
+    import shutil
+
     import nibabel as nib
 
-    apps = tmp_path / "apps"
-    env = subprocess_env(PATH=f"{MONAILABEL_VENV / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    from shared_networks.data.brats import phantom_affine
+
+    bundle: Path = request.param
+    tmp = tmp_path_factory.mktemp(f"monailabel_{bundle.name}")
+    env = subprocess_env(PATH=f"{MONAILABEL_VENV / 'bin'}{os.pathsep}{os.environ['PATH']}",
+                         SHARED_NETWORKS_SCAN_BACKEND=scan_backend)
+    apps = tmp / "apps"
     subprocess.run([str(monailabel_bin), "apps", "--download", "--name", "monaibundle", "--output", str(apps)],
                    check=True, capture_output=True, env=env, timeout=300)
-    served = copy_bundle(bundle, apps / "monaibundle" / "model")
-    _reduce_configs(served)
-    write_initial_weights(served, config="inference")
-    studies = tmp_path / "studies"
-    studies.mkdir()
-    shape = (32, 32, 32)
-    image = np.random.default_rng(0).random((*shape, 4), dtype=np.float32)
-    nib.save(nib.Nifti1Image(image, np.eye(4)), str(studies / "case0.nii.gz"))
+    served_copy = copy_bundle(bundle, apps / "monaibundle" / "model")
+    _reduce_configs(served_copy)
+    weights = write_initial_weights(served_copy, config="inference")
+    initial_weights = tmp / "initial_model.pt"
+    shutil.copy2(weights, initial_weights)
+
+    # datastore: <studies>/<case>.nii.gz (4 channels) and <studies>/labels/final/<case>.nii.gz
+    in_channels, _ = _metadata(bundle)
+    studies = tmp / "studies"
+    (studies / "labels" / "final").mkdir(parents=True)
+    for case_dir in sorted(p for p in make_phantoms(bundle, tmp / "phantoms", num_cases=TRAIN_CASES).iterdir()
+                           if p.is_dir()):
+        image, label = _stack_case(case_dir, in_channels)
+        nib.save(image, str(studies / f"{case_dir.name}.nii.gz"))
+        nib.save(label, str(studies / "labels" / "final" / f"{case_dir.name}.nii.gz"))
+    # upload: an unseen phantom on an anisotropic, flipped, shifted grid
+    from shared_networks.data.brats import generate_brats_phantoms
+
+    upload_case = Path(generate_brats_phantoms(str(tmp / "upload"), num_cases=1, shape=UPLOAD_SHAPE, seed=7)[0])
+    affine = phantom_affine(UPLOAD_SHAPE) @ np.diag([*UPLOAD_SPACING, 1.0])
+    image, _ = _stack_case(upload_case, in_channels, affine=affine)
+    upload = tmp / "upload_image.nii.gz"
+    nib.save(image, str(upload))
 
     port = free_port()
-    log = tmp_path / "server.log"
+    log = tmp / "server.log"
     with open(log, "w") as out:
         server = subprocess.Popen(
             [str(monailabel_bin), "start_server", "--app", str(apps / "monaibundle"), "--studies", str(studies),
@@ -91,24 +216,8 @@ def test_monaibundle_app_info_and_infer(monailabel_bin: Path, bundle: Path, tmp_
              "--host", "127.0.0.1", "--port", str(port)],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        info = _wait_for(f"http://127.0.0.1:{port}/info/", server, log)
-        assert bundle.name in info["models"], info
-        metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
-        channel_def = metadata["network_data_format"]["outputs"]["pred"]["channel_def"]
-        expected = {v.lower() for k, v in channel_def.items() if v.lower() != "background"}
-        assert set(info["models"][bundle.name]["labels"]) == expected
-
-        boundary = "----sharednetworks"
-        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n"
-                f"{json.dumps({'device': 'cpu'})}\r\n--{boundary}--\r\n").encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/infer/{bundle.name}?image=case0&output=image",
-                                         data=body, method="POST",
-                                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-        with urllib.request.urlopen(request, timeout=600) as response:
-            (tmp_path / "pred.nii.gz").write_bytes(response.read())
-        pred = np.asarray(nib.load(str(tmp_path / "pred.nii.gz")).dataobj)
-        assert pred.shape == shape
-        assert set(np.unique(pred).tolist()) <= set(range(len(channel_def)))
+        _wait_for(f"http://127.0.0.1:{port}/info/", server, log)
+        yield Served(bundle, served_copy, f"http://127.0.0.1:{port}", server, log, initial_weights, upload, tmp)
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
@@ -117,3 +226,78 @@ def test_monaibundle_app_info_and_infer(monailabel_bin: Path, bundle: Path, tmp_
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait(timeout=30)
+
+
+def test_info_lists_bundle_labels(served: Served):
+    with urllib.request.urlopen(f"{served.base_url}/info/", timeout=60) as response:
+        info = json.loads(response.read())
+    name = served.bundle.name
+    assert name in info["models"], info["models"].keys()
+    assert name in info["trainers"], info["trainers"].keys()
+    _, out_channels = _metadata(served.bundle)
+    expected = {v.lower(): int(k) for k, v in out_channels.items() if v.lower() != "background"}
+    assert info["models"][name]["labels"] == expected
+    assert info["models"][name]["dimension"] == 3
+    assert set(info["labels"]) == set(expected)
+
+
+def test_infer_uploaded_image_returns_label_volume_on_input_grid(served: Served):
+    import nibabel as nib
+
+    body, content_type = _multipart({"params": json.dumps({"device": "cpu"})}, {"file": served.upload})
+    result = _post(f"{served.base_url}/infer/{served.bundle.name}?output=image", body, content_type, timeout=900)
+    pred_path = served.tmp / "pred.nii.gz"
+    pred_path.write_bytes(result)
+    pred_image = nib.load(str(pred_path))
+    source = nib.load(str(served.upload))
+    pred = np.asarray(pred_image.dataobj)
+    assert pred.shape == source.shape[:3] == UPLOAD_SHAPE, (pred.shape, source.shape)
+    np.testing.assert_allclose(pred_image.affine, source.affine, atol=1e-4)
+    _, out_channels = _metadata(served.bundle)
+    assert np.issubdtype(pred.dtype, np.integer) or np.array_equal(pred, np.round(pred)), pred.dtype
+    assert set(np.unique(pred).astype(int).tolist()) <= {int(k) for k in out_channels}
+
+
+def test_train_fine_tunes_and_rewrites_model_pt(served: Served):
+    import torch
+    from monai.bundle import ConfigParser
+
+    weights = served.copy / "models" / "model.pt"
+    before = weights.stat().st_mtime_ns, weights.read_bytes()
+    request = {"max_epochs": 1, "device": "cpu", "val_split": 0.34, "multi_gpu": False, "pretrained": True}
+    answer = _post(f"{served.base_url}/train/{served.bundle.name}?run_sync=true", json.dumps(request).encode(),
+                   "application/json", timeout=1500)
+    assert served.server.poll() is None, served.log_tail()
+    assert json.loads(answer) is not None
+    assert weights.stat().st_mtime_ns != before[0], "models/model.pt was not rewritten:\n" + served.log_tail()
+    assert weights.read_bytes() != before[1]
+
+    # the new file is a plain state dict of the (reduced) network_def
+    parser = ConfigParser()
+    parser.read_config(str(next((served.copy / "configs").glob("train.*"))))
+    parser["bundle_root"] = str(served.copy)
+    network = parser.get_parsed_content("network_def")
+    new_state = torch.load(weights, map_location="cpu", weights_only=True)
+    network.load_state_dict(new_state, strict=True)
+    # fine-tuned from the served weights, not trained from scratch: 1 epoch of a few iterations moves them far less
+    # than the distance to another random initialisation of the same network
+    initial = torch.load(served.initial_weights, map_location="cpu", weights_only=True)
+    assert new_state.keys() == initial.keys()
+    torch.manual_seed(12345)
+    other_init = parser.get_parsed_content("network_def", lazy=False).state_dict()
+    float_keys = [k for k, v in initial.items() if v.is_floating_point()]
+
+    def distance(state: dict) -> float:
+        return float(torch.cat([(state[k] - initial[k]).flatten() for k in float_keys]).norm())
+
+    moved, scratch = distance(new_state), distance(other_init)
+    assert scratch > 0
+    assert 0 < moved < 0.1 * scratch, (moved, scratch)
+
+    # the server reloads the new weights and still answers /infer
+    import nibabel as nib
+
+    body, content_type = _multipart({"params": json.dumps({"device": "cpu"})}, {"file": served.upload})
+    result = _post(f"{served.base_url}/infer/{served.bundle.name}?output=image", body, content_type, timeout=900)
+    (served.tmp / "pred_after_train.nii.gz").write_bytes(result)
+    assert nib.load(str(served.tmp / "pred_after_train.nii.gz")).shape == UPLOAD_SHAPE

@@ -29,7 +29,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "selective_scan_cpu.cpp")
-COMPILE_FLAGS = ("-O3", "-fopenmp", "-std=c++17")
+# no -std flag: torch passes the C++ standard its headers need (torch 2.14 refuses anything before C++20)
+COMPILE_FLAGS = ("-O3", "-fopenmp")
 # vector instruction sets by the capability PyTorch detected on this CPU (its own kernels dispatch the same way)
 _ISA_FLAGS = {
     "AVX512": ("-mavx2", "-mfma", "-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"),
