@@ -225,3 +225,19 @@ def test_paper_gsc_gates_multiplicatively():
         gsc.gate_branch[1].bias.zero_()
     # A zero gate removes the spatial branch: output is x + fuse(0).
     assert torch.allclose(gsc(x), x + gsc.fuse(torch.zeros_like(x)))
+
+
+@pytest.mark.parametrize("mode", ["release", "paper"])
+def test_trace_passes_torch_check_from_a_cold_order_cache(mode):
+    """torch.jit.trace (as ``ckpt_export --use_trace`` calls it: with its own check, which traces twice and compares
+    the graphs) works on a fresh process's first call, and the traced network reproduces eager mode elsewhere."""
+    from shared_networks.blocks import scan_orders
+
+    scan_orders._build_cached.cache_clear()
+    torch.manual_seed(0)
+    net = SegMamba(spatial_dims=3, in_channels=4, out_channels=4, feature_sizes=(4, 8, 16, 32), hidden_size=32,
+                   mode=mode).eval()
+    example, other = torch.rand(1, 4, 32, 32, 32), torch.rand(1, 4, 32, 32, 32)
+    with torch.no_grad():
+        traced = torch.jit.trace(net, example)  # check_trace=True by default
+        torch.testing.assert_close(traced(other), net(other), rtol=0, atol=0)

@@ -10,24 +10,36 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import lru_cache
 
+import numpy as np
 import torch
 
 __all__ = ["reversed_order", "inter_slice_order", "tri_orientated_orders"]
 
 
-@lru_cache(maxsize=64)
-def _cached(kind: str, shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    length = 1
-    for size in shape:
-        length *= size
+def _build(kind: str, shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # numpy, not torch ops: a trace or torch.export records the orders as constants, not as index arithmetic
+    length = int(np.prod(shape))
     if kind == "reversed":
-        permutation = torch.arange(length - 1, -1, -1, device=device)
-        return permutation, permutation
-    if kind == "inter_slice":
+        permutation = np.arange(length - 1, -1, -1)
+        inverse = permutation
+    elif kind == "inter_slice":
         # Slice index (first spatial axis) fastest: position p * D + d holds token d * (H * W) + p.
-        permutation = torch.arange(length, device=device).reshape(shape[0], -1).t().reshape(-1)
-        return permutation, torch.argsort(permutation)
-    raise ValueError(f"unknown scan order kind {kind!r}.")
+        permutation = np.arange(length).reshape(shape[0], -1).T.reshape(-1)
+        inverse = np.argsort(permutation)
+    else:
+        raise ValueError(f"unknown scan order kind {kind!r}.")
+    return torch.as_tensor(permutation, device=device), torch.as_tensor(inverse, device=device)
+
+
+_build_cached = lru_cache(maxsize=64)(_build)
+
+
+def _cached(kind: str, shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    if torch.jit.is_tracing():
+        # torch.jit.trace checks itself by tracing twice and comparing the graphs; a tensor from the cache would be
+        # recorded differently from one built during the trace
+        return _build(kind, shape, device)
+    return _build_cached(kind, shape, device)
 
 
 def reversed_order(length: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
