@@ -1,9 +1,9 @@
 """
 Benchmark of the selective scan on this machine (not a test).
 
-Measures, in one run, the default backend and the pure PyTorch backend against a sequential reference loop written
-like mamba-ssm's ``selective_scan_ref`` (a Python loop over L with torch ops on precomputed
-``exp(delta * A)`` and ``delta * B * u``):
+Measures, in one run, the default backend and the pure PyTorch backend against the sequential reference loop of
+``shared_networks.ssm.reference`` (mamba-ssm's ``selective_scan_ref`` algorithm: a Python loop over L with torch ops
+on precomputed ``exp(delta * A)`` and ``delta * B * u``):
 
 - forward at batch 1, dim 96, N 16, L 262144 (targets: >= 50x faster than the loop, peak extra memory <= 2x the
   input size and never the batch x dim x L x N tensor);
@@ -36,6 +36,7 @@ sys.path.insert(0, REPO_ROOT)
 
 from shared_networks.ssm import selective_scan, selective_scan_backend  # noqa: E402
 from shared_networks.ssm.cpp_scan import EXTENSION_NAME, load_extension  # noqa: E402
+from shared_networks.ssm.reference import selective_scan_ref  # noqa: E402
 
 
 def make_inputs(batch: int, dim: int, dstate: int, length: int, seed: int = 0) -> Dict[str, torch.Tensor]:
@@ -51,17 +52,10 @@ def make_inputs(batch: int, dim: int, dstate: int, length: int, seed: int = 0) -
     }
 
 
-def reference_loop(u, delta, A, B, C, D, delta_bias) -> torch.Tensor:
-    """The algorithm of mamba-ssm's ``selective_scan_ref`` (real A, B/C (batch, N, L), softplus, D, no z)."""
-    delta = torch.nn.functional.softplus(delta + delta_bias[:, None])
-    delta_a = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
-    delta_b_u = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
-    state = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
-    ys = []
-    for i in range(u.shape[2]):
-        state = delta_a[:, :, i] * state + delta_b_u[:, :, i]
-        ys.append(torch.einsum("bdn,bn->bd", state, C[:, :, i]))
-    return torch.stack(ys, dim=2) + u * D[:, None]
+def reference_loop(**inputs: torch.Tensor) -> torch.Tensor:
+    """The sequential reference scan of :mod:`shared_networks.ssm.reference` (mamba-ssm's ``selective_scan_ref``
+    algorithm) in float32, with the benchmark's softplus."""
+    return selective_scan_ref(**inputs, delta_softplus=True)[0]
 
 
 def timed(fn: Callable[[], object], repeats: int = 1) -> Tuple[float, object]:

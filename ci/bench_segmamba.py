@@ -21,26 +21,11 @@ import torch
 
 
 def sequential_reference_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, **_):
-    """mamba-ssm's ``selective_scan_ref`` algorithm in fp32: builds the (batch, dim, L, N) tensors, loops over L."""
-    dtype_in = u.dtype
-    u, delta, B, C = u.float(), delta.float(), B.float(), C.float()
-    if delta_bias is not None:
-        delta = delta + delta_bias[..., None].float()
-    if delta_softplus:
-        delta = torch.nn.functional.softplus(delta)
-    delta_a = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
-    delta_b_u = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
-    state = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
-    ys = []
-    for t in range(u.shape[2]):
-        state = delta_a[:, :, t] * state + delta_b_u[:, :, t]
-        ys.append(torch.einsum("bdn,bn->bd", state, C[:, :, t]))
-    y = torch.stack(ys, dim=2)
-    if D is not None:
-        y = y + u * D[:, None]
-    if z is not None:
-        y = y * torch.nn.functional.silu(z.float())
-    return y.to(dtype_in)
+    """:func:`shared_networks.ssm.reference.selective_scan_ref` (float32) in the signature the Mamba layer calls."""
+    from shared_networks.ssm.reference import selective_scan_ref
+
+    out, _ = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return out.to(u.dtype)
 
 
 def run_variant(variant: str, size: int, threads: int) -> dict:

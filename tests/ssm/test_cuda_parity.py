@@ -1,12 +1,14 @@
 """
 Parity of the ``"cuda"`` backend of :mod:`shared_networks.ssm` (mamba-ssm's ``selective_scan_fn``, causal-conv1d's
-``causal_conv1d_fn``) with the pure PyTorch backend and the float64 sequential oracle of ``tests/scan_reference.py``.
+``causal_conv1d_fn``) with the pure PyTorch backend and the float64 sequential oracle of ``shared_networks.ssm.reference``.
 
 Skipped unless a CUDA device is visible and both mamba_ssm and causal_conv1d import (CI has neither); on a GPU
 machine build them with ``ci/gpu/build_kernels.py`` and run ``pytest tests/test_cuda_parity.py``.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import os
 import sys
@@ -16,9 +18,12 @@ import torch
 
 from shared_networks.ssm import causal_conv1d, causal_conv1d_backend, selective_scan, selective_scan_backend
 from shared_networks.ssm.backends import causal_conv1d_cuda_fn, mamba_selective_scan_fn
+from shared_networks.ssm.reference import causal_conv1d_ref, selective_scan_ref
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from scan_reference import causal_conv1d_reference, selective_scan_reference  # noqa: E402
+# the oracle runs in float64 whatever the inputs' dtype
+selective_scan_reference = partial(selective_scan_ref, dtype=torch.float64)
+causal_conv1d_reference = partial(causal_conv1d_ref, dtype=torch.float64)
+
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or mamba_selective_scan_fn() is None or causal_conv1d_cuda_fn() is None,

@@ -1,10 +1,16 @@
 """The Mamba layer end to end against a float64 composition of the oracles (mamba-ssm's reference path)."""
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
-from scan_reference import causal_conv1d_reference, selective_scan_reference
 from shared_networks.blocks import Mamba, reversed_order
+from shared_networks.ssm.reference import causal_conv1d_ref, selective_scan_ref
+
+# the oracle runs in float64 whatever the inputs' dtype
+selective_scan_reference = partial(selective_scan_ref, dtype=torch.float64)
+causal_conv1d_reference = partial(causal_conv1d_ref, dtype=torch.float64)
 
 
 def reference_direction(layer, tokens, suffix, order=None):

@@ -1,6 +1,8 @@
-"""Selective scan vs the float64 sequential oracle of tests/scan_reference.py, for every backend available here."""
+"""Selective scan vs the float64 sequential oracle of shared_networks.ssm.reference, for every backend available here."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import logging
 import math
@@ -12,13 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from scan_reference import selective_scan_reference, selective_scan_reference_numpy  # noqa: E402
 
-from shared_networks.ssm import available_backends, selective_scan, selective_scan_backend  # noqa: E402
-from shared_networks.ssm.backends import BACKEND_ENV_VAR  # noqa: E402
-from shared_networks.ssm.cpp_scan import build_extension, load_extension  # noqa: E402
-from shared_networks.ssm.torch_scan import selective_scan_torch  # noqa: E402
+from shared_networks.ssm import available_backends, selective_scan, selective_scan_backend
+from shared_networks.ssm.backends import BACKEND_ENV_VAR
+from shared_networks.ssm.cpp_scan import build_extension, load_extension
+from shared_networks.ssm.torch_scan import selective_scan_torch
+from shared_networks.ssm.reference import selective_scan_ref, selective_scan_ref_numpy
+
+# the oracle runs in float64 whatever the inputs' dtype
+selective_scan_reference = partial(selective_scan_ref, dtype=torch.float64)
 
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
@@ -158,7 +162,7 @@ def test_long_sequence_forward(backend):
     with torch.no_grad():
         out, state = selective_scan(**inputs, delta_softplus=True, return_last_state=True, backend=backend)
     numpy_inputs = {k: (None if v is None else v.numpy()) for k, v in inputs.items()}
-    expected, expected_state = selective_scan_reference_numpy(**numpy_inputs, delta_softplus=True)
+    expected, expected_state = selective_scan_ref_numpy(**numpy_inputs, delta_softplus=True)
     assert rel_error(out, torch.from_numpy(expected)) <= 1e-5
     assert rel_error(state, torch.from_numpy(expected_state)) <= 1e-5
 

@@ -1,6 +1,8 @@
-"""causal_conv1d vs an explicit float64 sum over taps (tests/scan_reference.py)."""
+"""causal_conv1d vs an explicit float64 sum over taps (shared_networks.ssm.reference)."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import os
 import sys
@@ -8,11 +10,13 @@ import sys
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from scan_reference import causal_conv1d_reference  # noqa: E402
 
-from shared_networks.ssm import causal_conv1d, causal_conv1d_backend  # noqa: E402
-from shared_networks.ssm.backends import BACKEND_ENV_VAR  # noqa: E402
+from shared_networks.ssm import causal_conv1d, causal_conv1d_backend
+from shared_networks.ssm.backends import BACKEND_ENV_VAR
+from shared_networks.ssm.reference import causal_conv1d_ref
+
+# the oracle runs in float64 whatever the inputs' dtype
+causal_conv1d_reference = partial(causal_conv1d_ref, dtype=torch.float64)
 
 
 def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
