@@ -303,61 +303,65 @@ def _memory_peak(device: torch.device) -> Dict[str, Optional[float]]:
     }
 
 
+def _benchmark_backend(device: torch.device, backend: str, size: int, train_batch: int, repeat: int) -> Dict:
+    """One backend's inference and training-step figures; its model and tensors are freed when this returns, so the
+    next backend's peak memory does not include them."""
+    results = {}
+    amp_dtype = torch.float16
+    model = _build_segmamba(device)
+    results["parameters"] = sum(p.numel() for p in model.parameters())
+    torch.manual_seed(21)
+    image = torch.randn(1, 4, size, size, size, device=device)
+
+    model.eval()
+    for precision in ("fp16-autocast", "fp32"):
+
+        def infer(precision=precision):
+            with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=precision != "fp32"):
+                return model(image)
+
+        _memory_reset(device)
+        _with_backend(backend, infer)
+        memory = _memory_peak(device)
+        milliseconds = _with_backend(backend, lambda: time_ms(infer, device, warmup=1, repeat=repeat))
+        key = f"inference b1 {precision} {backend}"
+        results[key] = {**memory, "ms": milliseconds, "cases_per_s": 1e3 / milliseconds}
+        logger.info("SegMamba inference %s %s: %s", precision, backend, results[key])
+
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    torch.manual_seed(22)
+    batch = torch.randn(train_batch, 4, size, size, size, device=device)
+    labels = torch.randint(0, 4, (train_batch, size, size, size), device=device)
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=device.type == "cuda"):
+            loss = F.cross_entropy(model(batch), labels)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+        scaler.step(optimizer)
+        scaler.update()
+        return loss.detach()
+
+    _with_backend(backend, train_step)  # first step creates the momentum buffers
+    _memory_reset(device)
+    loss = _with_backend(backend, train_step)
+    memory = _memory_peak(device)
+    milliseconds = _with_backend(backend, lambda: time_ms(train_step, device, warmup=0, repeat=max(1, repeat // 2)))
+    key = f"train step b{train_batch} amp {backend}"
+    results[key] = {**memory, "ms": milliseconds, "loss_finite": bool(torch.isfinite(loss))}
+    logger.info("SegMamba training %s: %s", backend, results[key])
+    return results
+
+
 def segmamba_benchmark(device: torch.device, backends: Sequence[str], size: int, train_batch: int, repeat: int) -> Dict:
     """Inference (batch 1; fp16 autocast and fp32) and training-step (``train_batch``, AMP, SGD) memory and time."""
     results = {}
-    amp_dtype = torch.float16
     for backend in backends:
-        model = _build_segmamba(device)
-        parameters = sum(p.numel() for p in model.parameters())
-        results["parameters"] = parameters
-        torch.manual_seed(21)
-        image = torch.randn(1, 4, size, size, size, device=device)
-
-        model.eval()
-        for precision in ("fp16-autocast", "fp32"):
-
-            def infer(precision=precision):
-                with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=precision != "fp32"):
-                    return model(image)
-
-            _memory_reset(device)
-            _with_backend(backend, infer)
-            memory = _memory_peak(device)
-            milliseconds = _with_backend(backend, lambda: time_ms(infer, device, warmup=1, repeat=repeat))
-            results[f"inference b1 {precision} {backend}"] = {
-                **memory, "ms": milliseconds, "cases_per_s": 1e3 / milliseconds
-            }
-            logger.info("SegMamba inference %s %s: %s", precision, backend, results[f"inference b1 {precision} {backend}"])
-
-        model.train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
-        scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-        torch.manual_seed(22)
-        batch = torch.randn(train_batch, 4, size, size, size, device=device)
-        labels = torch.randint(0, 4, (train_batch, size, size, size), device=device)
-
-        def train_step():
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=device.type == "cuda"):
-                loss = F.cross_entropy(model(batch), labels)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
-            scaler.step(optimizer)
-            scaler.update()
-            return loss.detach()
-
-        _with_backend(backend, train_step)  # first step creates the momentum buffers
-        _memory_reset(device)
-        loss = _with_backend(backend, train_step)
-        memory = _memory_peak(device)
-        milliseconds = _with_backend(backend, lambda: time_ms(train_step, device, warmup=0, repeat=max(1, repeat // 2)))
-        results[f"train step b{train_batch} amp {backend}"] = {
-            **memory, "ms": milliseconds, "loss_finite": bool(torch.isfinite(loss))
-        }
-        logger.info("SegMamba training %s: %s", backend, results[f"train step b{train_batch} amp {backend}"])
-        del model, optimizer, batch, labels, image
+        results.update(_benchmark_backend(device, backend, size, train_batch, repeat))
         _memory_reset(device)
     return results
 

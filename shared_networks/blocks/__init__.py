@@ -4,7 +4,7 @@ from .segmamba_blocks import (
     ChannelMlp,
     FeatureUncertaintyEstimation,
     GatedSpatialConvolution,
-    MambaEncoder,
+    SegMambaEncoder,
     TriOrientatedMambaLayer,
     TSMambaBlock,
 )

@@ -2,8 +2,11 @@
 
 The parameters, their names, shapes and initialisation equal ``mamba_ssm.modules.mamba_simple.Mamba``, so a state
 dict moves between the two unchanged. The layer optionally scans the same projected sequence along several orders
-("directions"), each with its own (conv1d, x_proj, dt_proj, A_log, D) set, sharing in_proj and out_proj. This is the
-mechanism of SegMamba's tri-orientated Mamba (suffixes ``""``, ``"_b"``, ``"_s"``) and of VMamba's SS2D.
+("directions"), each with its own (conv1d, x_proj, dt_proj, A_log, D) set under a name suffix, sharing in_proj and
+out_proj: the layout of SegMamba's tri-orientated Mamba (suffixes ``""``, ``"_b"``, ``"_s"``) and of Vision Mamba's
+bidirectional layer. VMamba's SS2D stacks its four directions into single tensors instead (``x_proj_weight``,
+``dt_projs_weight``, ``A_logs``, ...); it is its own layer, sharing only the initialisation of
+:mod:`shared_networks.blocks.ssm_init`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from shared_networks.blocks.ssm_init import (
+    DT_INIT_MODES,
+    init_dt_projection_,
+    s4d_real_a_log,
+    ssm_skip,
+)
 from shared_networks.ssm import causal_conv1d, selective_scan
+from shared_networks.utils import look_up_argument
 
 __all__ = ["Mamba", "ScanOrder"]
 
@@ -68,8 +78,7 @@ class Mamba(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if dt_init not in ("random", "constant"):
-            raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}.")
+        look_up_argument("dt_init", dt_init, DT_INIT_MODES)
         if len(direction_suffixes) == 0 or len(set(direction_suffixes)) != len(direction_suffixes):
             raise ValueError(f"direction_suffixes must be non-empty and unique, got {tuple(direction_suffixes)}.")
         factory = {"device": device, "dtype": dtype}
@@ -91,38 +100,13 @@ class Mamba(nn.Module):
             x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
             dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
             if index == 0 or init_all_directions:
-                self._init_dt_proj(dt_proj, dt_init, dt_scale, dt_min, dt_max, dt_init_floor)
+                init_dt_projection_(dt_proj.weight, dt_proj.bias, dt_init, dt_scale, dt_min, dt_max, dt_init_floor)
             setattr(self, f"conv1d{suffix}", conv)
             setattr(self, f"x_proj{suffix}", x_proj)
             setattr(self, f"dt_proj{suffix}", dt_proj)
-            # S4D-real initialisation: A = -(1..N) for every channel; kept in fp32 as log.
-            a = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
-            a_log = nn.Parameter(torch.log(a))
-            a_log._no_weight_decay = True
-            d = nn.Parameter(torch.ones(self.d_inner, device=device))
-            d._no_weight_decay = True
-            setattr(self, f"A{suffix}_log", a_log)
-            setattr(self, f"D{suffix}", d)
+            setattr(self, f"A{suffix}_log", s4d_real_a_log(self.d_inner, d_state, device=device))
+            setattr(self, f"D{suffix}", ssm_skip(self.d_inner, device=device))
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
-
-    @staticmethod
-    def _init_dt_proj(
-        dt_proj: nn.Linear, dt_init: str, dt_scale: float, dt_min: float, dt_max: float, dt_init_floor: float
-    ) -> None:
-        dt_init_std = dt_proj.in_features**-0.5 * dt_scale
-        if dt_init == "constant":
-            nn.init.constant_(dt_proj.weight, dt_init_std)
-        else:
-            nn.init.uniform_(dt_proj.weight, -dt_init_std, dt_init_std)
-        # Bias = softplus^-1(dt) with dt log-uniform in [dt_min, dt_max], so softplus(bias) starts in that range.
-        dt = torch.exp(
-            torch.rand(dt_proj.out_features, device=dt_proj.bias.device) * (math.log(dt_max) - math.log(dt_min))
-            + math.log(dt_min)
-        ).clamp(min=dt_init_floor)
-        inv_dt = dt + torch.log(-torch.expm1(-dt))
-        with torch.no_grad():
-            dt_proj.bias.copy_(inv_dt)
-        dt_proj.bias._no_reinit = True
 
     def _scan_direction(self, x: torch.Tensor, z: torch.Tensor, suffix: str) -> torch.Tensor:
         """One direction on (batch, d_inner, L) inputs already in that direction's order; returns the gated y."""

@@ -15,9 +15,11 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+from monai.networks.layers import Conv, Norm
 
 from shared_networks.blocks.mamba import Mamba
 from shared_networks.blocks.scan_orders import tri_orientated_orders
+from shared_networks.utils import look_up_argument
 
 __all__ = [
     "GatedSpatialConvolution",
@@ -25,18 +27,17 @@ __all__ = [
     "ChannelMlp",
     "TSMambaBlock",
     "FeatureUncertaintyEstimation",
-    "MambaEncoder",
+    "SegMambaEncoder",
 ]
 
 TRI_ORIENTATED_SUFFIXES = ("", "_b", "_s")
-
-
-def _conv(spatial_dims: int) -> type[nn.Module]:
-    return (nn.Conv1d, nn.Conv2d, nn.Conv3d)[spatial_dims - 1]
+GSC_GATES = ("add", "multiply")
+ENCODER_MODES = ("release", "paper")
 
 
 def _instance_norm(spatial_dims: int, channels: int) -> nn.Module:
-    return (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)[spatial_dims - 1](channels)
+    """InstanceNorm without affine parameters, as the release builds it (``nn.InstanceNorm3d(channels)``)."""
+    return Norm[Norm.INSTANCE, spatial_dims](channels)
 
 
 class GatedSpatialConvolution(nn.Module):
@@ -50,10 +51,8 @@ class GatedSpatialConvolution(nn.Module):
 
     def __init__(self, spatial_dims: int, channels: int, gate: str = "add") -> None:
         super().__init__()
-        if gate not in ("add", "multiply"):
-            raise ValueError(f"gate must be 'add' (release) or 'multiply' (paper Eq. 2), got {gate!r}.")
-        self.gate = gate
-        conv = _conv(spatial_dims)
+        self.gate = look_up_argument("gate", gate, GSC_GATES)
+        conv = Conv[Conv.CONV, spatial_dims]
         if gate == "add":
             self.proj = conv(channels, channels, 3, 1, 1)
             self.norm = _instance_norm(spatial_dims, channels)
@@ -114,7 +113,7 @@ class ChannelMlp(nn.Module):
 
     def __init__(self, spatial_dims: int, channels: int, hidden_channels: int) -> None:
         super().__init__()
-        conv = _conv(spatial_dims)
+        conv = Conv[Conv.CONV, spatial_dims]
         self.fc1 = conv(channels, hidden_channels, 1)
         self.act = nn.GELU()
         self.fc2 = conv(hidden_channels, channels, 1)
@@ -153,7 +152,7 @@ class FeatureUncertaintyEstimation(nn.Module):
         return x + x * (1.0 - uncertainty)
 
 
-class MambaEncoder(nn.Module):
+class SegMambaEncoder(nn.Module):
     """SegMamba's multi-scale encoder: stem (7^3, stride 2), then per stage [downsample], GSC and tri-orientated
     Mamba layers; returns the four stage outputs.
 
@@ -172,12 +171,10 @@ class MambaEncoder(nn.Module):
         d_state: int = 16,
     ) -> None:
         super().__init__()
-        if mode not in ("release", "paper"):
-            raise ValueError(f"mode must be 'release' or 'paper', got {mode!r}.")
+        self.mode = look_up_argument("mode", mode, ENCODER_MODES)
         if len(depths) != len(feature_sizes):
             raise ValueError(f"depths and feature_sizes must have the same length, got {depths} and {feature_sizes}.")
-        self.mode = mode
-        conv = _conv(spatial_dims)
+        conv = Conv[Conv.CONV, spatial_dims]
         self.downsample_layers = nn.ModuleList(
             [nn.Sequential(conv(in_channels, feature_sizes[0], kernel_size=7, stride=2, padding=3))]
         )

@@ -11,8 +11,7 @@ Ignite/MONAI handlers used by the bundle configs for what MONAI's own handlers d
   best-metric state, written atomically every epoch; loads it back (``weights_only=True``) when resuming.
 - :class:`MetricsSummarySaver`: the final metrics of an evaluator as a JSON file.
 
-SegMamba: Xing et al., "SegMamba: Long-range Sequential Modeling Mamba For 3D Medical Image Segmentation",
-MICCAI 2024, https://arxiv.org/abs/2401.13560.
+They hold nothing specific to a dataset or a network; every file they write goes through :mod:`shared_networks.io`.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -31,7 +30,7 @@ from ignite.handlers import DiskSaver
 from monai.engines import IterationEvents
 from monai.handlers import CheckpointSaver
 
-from .utils import save_atomically, write_text_atomically
+from shared_networks.io import atomic_write, save_atomically, write_text_atomically
 
 __all__ = ["GradientClipping", "AtomicCheckpointSaver", "TrainingCheckpoint", "MetricsSummarySaver"]
 
@@ -54,7 +53,7 @@ class GradientClipping:
     Clips the global norm of the gradients of a :class:`monai.engines.SupervisedTrainer` after every backward pass
     and before the optimizer step (it runs on ``IterationEvents.BACKWARD_COMPLETED``). With AMP the gradients are
     first unscaled (``GradScaler.unscale_``), so ``max_norm`` applies to the true gradients; ``GradScaler.step`` then
-    skips its own unscaling. This is the training loop of the SegMamba release (nnU-Net style, global norm 12).
+    skips its own unscaling. This is nnU-Net's training loop, which the SegMamba release uses with global norm 12.
 
     Args:
         max_norm: maximum global norm of all gradients (12 in the SegMamba release).
@@ -91,7 +90,8 @@ class GradientClipping:
 
 
 class _AtomicDiskSaver(DiskSaver):
-    """Ignite DiskSaver writing through a temporary file + ``os.replace``, optionally always to one file name."""
+    """Ignite DiskSaver writing through :func:`shared_networks.io.atomic_write` (ignite's own atomic mode leaves
+    ``tmpXXXX`` files behind on a kill and does not sync), optionally always to one file name."""
 
     def __init__(self, dirname: str, filename: str | None = None) -> None:
         super().__init__(dirname=dirname, atomic=True, create_dir=True, require_empty=False)
@@ -99,6 +99,10 @@ class _AtomicDiskSaver(DiskSaver):
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         super().__call__(checkpoint, self.filename or filename, metadata)
+
+    def _save_func(self, checkpoint: Mapping, path: Any, func: Callable) -> None:
+        with atomic_write(path) as f:
+            func(checkpoint, f, **self.kwargs)
 
     def remove(self, filename: str) -> None:
         # a fixed file name is replaced atomically by the next save: deleting it first would leave a window without

@@ -30,13 +30,15 @@ import logging
 import math
 import os
 import random
-import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
+
+from shared_networks.io import write_bytes_atomically, write_text_atomically
 
 __all__ = [
     "BRATS_MODALITIES",
@@ -50,6 +52,7 @@ __all__ = [
     "make_brats_datalist",
     "generate_brats_phantoms",
     "phantom_affine",
+    "brats_case_name_formatter",
 ]
 
 logger = logging.getLogger(__name__)
@@ -314,21 +317,6 @@ def split_case_names(
     return names[: sizes[0]], names[sizes[0] : sizes[0] + sizes[1]], names[sizes[0] + sizes[1] :]
 
 
-def _write_bytes_atomically(path: str, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path`` and move it into place with ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-
-
 def _read_datalist(datalist_path: str) -> dict:
     try:
         with open(datalist_path, encoding="utf-8") as f:
@@ -379,9 +367,39 @@ def make_brats_datalist(
     by_name = {case["case"]: case for case in cases}
     splits = split_case_names(list(by_name), seed=seed, fractions=fractions)
     datalist = {key: [by_name[name] for name in names] for key, names in zip(_DATALIST_KEYS, splits)}
-    _write_bytes_atomically(datalist_path, (json.dumps(datalist, indent=2) + "\n").encode("utf-8"))
+    write_text_atomically(json.dumps(datalist, indent=2) + "\n", datalist_path)
     logger.info("Wrote datalist '%s': %s.", datalist_path, ", ".join(f"{len(v)} {k}" for k, v in datalist.items()))
     return datalist
+
+
+def brats_case_name_formatter(metadict: Mapping, saver: Any = None) -> dict:
+    """
+    ``output_name_formatter`` for :class:`monai.transforms.SaveImaged` that names outputs after the BraTS case:
+    the input ``<dir>/<case>/<case>-t2w.nii.gz`` (first modality of the stacked image) gives the subject ``<case>``,
+    so ``SaveImaged(output_postfix="seg", separate_folder=True)`` writes ``<output_dir>/<case>/<case>_seg.nii.gz``.
+
+    Args:
+        metadict: meta data of the item; ``filename_or_obj`` is the source file (or the list of source files).
+        saver: the calling transform (unused, part of the formatter signature).
+
+    Returns:
+        ``{"subject": case, "idx": None}``.
+    """
+    source = metadict.get("filename_or_obj") if isinstance(metadict, Mapping) else None
+    if isinstance(source, (list, tuple)):
+        source = source[0] if source else None
+    if not source:
+        raise ValueError(f"cannot name the output: metadata has no 'filename_or_obj' (got {source!r}).")
+    name = os.path.basename(os.fspath(source))
+    for extension in (BRATS_FILE_EXTENSION, ".nii"):
+        if name.endswith(extension):
+            name = name[: -len(extension)]
+            break
+    for modality in BRATS_MODALITIES:
+        if name.endswith(f"-{modality}"):
+            name = name[: -len(modality) - 1]
+            break
+    return {"subject": name, "idx": None}
 
 
 # Phantom tissues and their mean intensities per modality in BRATS_MODALITIES order (t2w, t2f, t1n, t1c). The values
@@ -552,8 +570,8 @@ def generate_brats_phantoms(
         case_dir = os.path.join(output_dir, case)
         images, label = _phantom_case(shape, np.random.default_rng([seed, index]))
         for modality, volume in zip(BRATS_MODALITIES, images):
-            _write_bytes_atomically(_case_file(case_dir, case, modality), _nifti_gz_bytes(volume, affine))
-        _write_bytes_atomically(_case_file(case_dir, case, BRATS_LABEL_SUFFIX), _nifti_gz_bytes(label, affine))
+            write_bytes_atomically(_nifti_gz_bytes(volume, affine), _case_file(case_dir, case, modality))
+        write_bytes_atomically(_nifti_gz_bytes(label, affine), _case_file(case_dir, case, BRATS_LABEL_SUFFIX))
         case_dirs.append(case_dir)
     logger.info("Wrote %d BraTS phantom cases of shape %s to '%s'.", num_cases, shape, output_dir)
     return case_dirs

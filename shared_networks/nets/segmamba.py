@@ -13,7 +13,7 @@ import torch.nn as nn
 from monai.networks.blocks.dynunet_block import UnetOutBlock
 from monai.networks.blocks.unetr_block import UnetrBasicBlock, UnetrUpBlock
 
-from shared_networks.blocks.segmamba_blocks import MambaEncoder
+from shared_networks.blocks.segmamba_blocks import SegMambaEncoder
 
 __all__ = ["SegMamba"]
 
@@ -69,7 +69,7 @@ class SegMamba(nn.Module):
                 f"SegMamba has four encoder stages: feature_sizes and depths need 4 entries, got {feature_sizes} and {depths}."
             )
         self.spatial_dims = spatial_dims
-        self.vit = MambaEncoder(spatial_dims, in_channels, depths, feature_sizes, mode=mode, d_state=d_state)
+        self.vit = SegMambaEncoder(spatial_dims, in_channels, depths, feature_sizes, mode=mode, d_state=d_state)
 
         def basic_block(cin: int, cout: int) -> UnetrBasicBlock:
             return UnetrBasicBlock(spatial_dims, cin, cout, kernel_size=3, stride=1, norm_name=norm_name, res_block=res_block)
@@ -94,10 +94,11 @@ class SegMamba(nn.Module):
 
     def forward(self, x_in: torch.Tensor) -> torch.Tensor:
         spatial = x_in.shape[2:]
-        if len(spatial) != self.spatial_dims or any(s % 16 for s in spatial):
+        # the bottleneck is at 1/16 of the input, and its InstanceNorm needs more than one voxel
+        if len(spatial) != self.spatial_dims or any(s % 16 for s in spatial) or max(spatial, default=0) < 32:
             raise ValueError(
                 f"SegMamba needs a (batch, channels, *spatial) input with {self.spatial_dims} spatial sizes divisible "
-                f"by 16 (four stride-2 stages), e.g. 64, 96 or 128; got spatial size {tuple(spatial)}."
+                f"by 16 (four stride-2 stages), not all 16, e.g. 64, 96 or 128; got spatial size {tuple(spatial)}."
             )
         outs = self.vit(x_in)
         enc1 = self.encoder1(x_in)

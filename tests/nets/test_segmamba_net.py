@@ -190,7 +190,7 @@ def test_any_16_divisible_size_runs_forward_and_backward(mode, size):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize("size", [(24, 16, 16), (16, 16, 8), (16, 16)])
+@pytest.mark.parametrize("size", [(24, 16, 16), (16, 16, 8), (16, 16), (16, 16, 16)])
 def test_bad_sizes_raise_value_error(size):
     net = SegMamba(in_channels=1, out_channels=2, **TINY)
     with pytest.raises(ValueError, match="divisible by 16"):

@@ -24,17 +24,12 @@ import torch
 from monai.bundle import ConfigWorkflow
 from monai.engines import SupervisedTrainer
 
-from shared_networks.bundle import (
-    AtomicCheckpointSaver,
-    GradientClipping,
-    brats_case_name_formatter,
-    save_atomically,
-    select_channel_from_engine,
-)
-from shared_networks.data import generate_brats_phantoms
+from shared_networks.bundle import AtomicCheckpointSaver, GradientClipping
+from shared_networks.data import BRATS_REGIONS, brats_case_name_formatter, generate_brats_phantoms
+from shared_networks.io import save_atomically
 from shared_networks.nets import SegMamba
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "segmamba_brats"
+BUNDLE = Path(__file__).resolve().parents[3] / "bundles" / "segmamba_brats"
 CONFIGS = BUNDLE / "configs"
 REDUCED_NETWORK = {"feature_sizes": [8, 16, 32, 64], "hidden_size": 64}
 # the reduced configuration of the README/demo, as command-line overrides (no copy of the configs)
@@ -353,12 +348,28 @@ def test_save_atomically_keeps_old_file_when_writing_fails(tmp_path):
     assert os.listdir(tmp_path) == ["state.pt"]
 
 
-def test_select_channel_from_engine():
-    items = [{"pred": torch.arange(6.0).reshape(3, 2), "label": torch.zeros(3, 2)} for _ in range(2)]
-    preds, labels = select_channel_from_engine(["pred", "label"], 2)(items)
-    assert len(preds) == 2 and preds[0].tolist() == [[4.0, 5.0]] and labels[1].shape == (1, 2)
-    with pytest.raises(ValueError, match="channel 3"):
-        select_channel_from_engine(["pred"], 3)(items)
+def test_per_region_metrics_read_their_region():
+    """validate#postprocessing splits the [TC, WT, ET] regions into pred_tc/label_tc, ...; each val_dice_<region>
+    of train.yaml must equal the Dice of that region computed by hand from the argmax and the BraTS labels."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.yaml"))
+    postprocessing = parser.get_parsed_content("validate#postprocessing")
+    generator = torch.Generator().manual_seed(0)
+    label = torch.randint(0, 4, (1, 12, 12, 12), generator=generator).float()
+    logits = torch.randn(4, 12, 12, 12, generator=generator)
+    item = postprocessing({"pred": logits, "label": label})
+    predicted = logits.argmax(0)
+    for region, values in BRATS_REGIONS.items():
+        in_pred = torch.isin(predicted, torch.tensor(values))
+        in_label = torch.isin(label[0].long(), torch.tensor(values))
+        expected = 2.0 * (in_pred & in_label).sum() / (in_pred.sum() + in_label.sum())
+        metric = parser.get_parsed_content(f"validate#additional_metrics#val_dice_{region.lower()}")
+        metric.save_details = False  # no engine here to store per-case details in
+        metric.reset()
+        metric.update(metric._output_transform([item]))
+        assert metric.compute() == pytest.approx(float(expected), abs=1e-6), region
 
 
 def test_brats_case_name_formatter():

@@ -1,0 +1,120 @@
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""
+The contract every network exported by ``shared_networks.nets`` keeps, at small sizes on CPU: output shapes over a
+matrix of input sizes and channel counts, a strict state-dict round trip (through ``torch.save`` / ``weights_only``
+loading) that reproduces the output, ``torch.jit.trace`` and ``torch.export`` equal to eager on an input they were not
+built with, and the ``torch`` and ``cpp`` scan backends giving the same output (relative error <= 1e-4).
+
+A new network joins by being exported and given an entry in ``CONTRACT_CASES`` (small constructor arguments and the
+input sizes to try); an exported network without an entry fails ``test_every_exported_network_has_cases``.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import torch
+
+import shared_networks.nets as nets
+from shared_networks.ssm import available_backends
+from shared_networks.ssm.backends import BACKEND_ENV_VAR
+
+
+@dataclass(frozen=True)
+class ContractCase:
+    """One small configuration of a network: constructor arguments and the spatial sizes it must accept."""
+
+    network: str
+    kwargs: dict[str, Any]
+    spatial_sizes: tuple[tuple[int, ...], ...]
+    batch: int = 2
+    id: str = field(default="")
+
+    def build(self, seed: int = 0) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return getattr(nets, self.network)(**self.kwargs).eval()
+
+    def input(self, spatial: tuple[int, ...], seed: int = 1) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randn(self.batch, self.kwargs["in_channels"], *spatial, generator=generator)
+
+
+_SEGMAMBA_SMALL = {"spatial_dims": 3, "feature_sizes": (8, 16, 32, 64), "hidden_size": 32}
+CONTRACT_CASES: tuple[ContractCase, ...] = (
+    ContractCase("SegMamba", {**_SEGMAMBA_SMALL, "in_channels": 4, "out_channels": 4, "mode": "release"},
+                 ((32, 16, 16), (32, 16, 48)), id="SegMamba-release-4to4"),
+    ContractCase("SegMamba", {**_SEGMAMBA_SMALL, "in_channels": 1, "out_channels": 3, "mode": "release"},
+                 ((16, 32, 16),), batch=1, id="SegMamba-release-1to3"),
+    ContractCase("SegMamba", {**_SEGMAMBA_SMALL, "in_channels": 2, "out_channels": 2, "mode": "paper"},
+                 ((16, 16, 32), (16, 32, 48)), id="SegMamba-paper-2to2"),
+)
+SHAPE_PARAMS = [pytest.param(case, size, id=f"{case.id}-{'x'.join(map(str, size))}")
+                for case in CONTRACT_CASES for size in case.spatial_sizes]
+CASE_PARAMS = [pytest.param(case, id=case.id) for case in CONTRACT_CASES]
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    expected = expected.double()
+    return float((actual.double() - expected).norm() / expected.norm().clamp_min(1e-30))
+
+
+def test_every_exported_network_has_cases():
+    exported = {name for name in nets.__all__ if isinstance(getattr(nets, name), type)}
+    covered = {case.network for case in CONTRACT_CASES}
+    assert exported == covered, f"networks without contract cases: {sorted(exported - covered)}"
+
+
+@pytest.mark.parametrize("case, spatial", SHAPE_PARAMS)
+def test_output_shape(case: ContractCase, spatial: tuple[int, ...]):
+    net = case.build()
+    with torch.no_grad():
+        out = net(case.input(spatial))
+    assert out.shape == (case.batch, case.kwargs["out_channels"], *spatial)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("case", CASE_PARAMS)
+def test_state_dict_round_trip_is_strict_and_exact(case: ContractCase):
+    source, target = case.build(seed=0), case.build(seed=1)
+    x = case.input(case.spatial_sizes[0])
+    with torch.no_grad():
+        before = target(x)
+        buffer = io.BytesIO()
+        torch.save(source.state_dict(), buffer)
+        buffer.seek(0)
+        result = target.load_state_dict(torch.load(buffer, weights_only=True), strict=True)
+        assert not result.missing_keys and not result.unexpected_keys
+        assert not torch.equal(before, target(x))  # the seeds differ, so the load changed something
+        torch.testing.assert_close(target(x), source(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", CASE_PARAMS)
+def test_trace_and_export_equal_eager(case: ContractCase):
+    net = case.build()
+    spatial = case.spatial_sizes[0]
+    example, other = case.input(spatial, seed=1), case.input(spatial, seed=2)
+    with torch.no_grad():
+        expected = net(other)
+        traced = torch.jit.trace(net, example)  # with torch's own check, which traces twice
+        torch.testing.assert_close(traced(other), expected, rtol=1e-5, atol=1e-6)
+    exported = torch.export.export(net, (example,))
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(other), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif("cpp" not in available_backends("cpu"), reason="the C++ scan kernel did not build here")
+@pytest.mark.parametrize("case", CASE_PARAMS)
+def test_torch_and_cpp_scan_backends_agree(case: ContractCase, monkeypatch: pytest.MonkeyPatch):
+    net = case.build()
+    x = case.input(case.spatial_sizes[-1])
+    outputs = {}
+    for backend in ("torch", "cpp"):
+        monkeypatch.setenv(BACKEND_ENV_VAR, backend)
+        with torch.no_grad():
+            outputs[backend] = net(x)
+    assert relative_error(outputs["cpp"], outputs["torch"]) <= 1e-4
