@@ -1,3 +1,6 @@
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """Forward time and peak memory of SegMamba (release mode, 4 -> 4 channels) on CPU: the project's scan core against
 the sequential reference scan (the algorithm of mamba-ssm's ``selective_scan_ref``), measured in one run.
 
@@ -72,7 +75,8 @@ def main() -> None:
         return
 
     variants = ["fast"] if args.skip_reference else ["fast", "reference"]
-    print(f"SegMamba release (67.4 M parameters), input 1x4x{args.size}^3, CPU, {args.threads} threads, no_grad forward")
+    print(f"SegMamba release (67.4 M parameters), input 1x4x{args.size}^3, CPU, {args.threads} threads, "
+          "no_grad forward")
     results = {}
     for variant in variants:
         print(f"  running {variant} ...", flush=True)

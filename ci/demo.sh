@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 # CPU demo of the bundle bundles/segmamba_brats (README's main command), a few minutes on 2 cores:
 #   1. deterministic synthetic BraTS-layout cases (shared_networks.data.generate_brats_phantoms) in demo/data
 #   2. evaluate.yaml on the untrained network (random init, no checkpoint loaded)

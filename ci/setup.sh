@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 # Creates .venv in the repository (if missing) and installs the project with its test extras.
 # torch: the CPU build 2.13.0 is installed first when no torch is present, so pip never resolves a CUDA build here.
 # Idempotent: a second run only checks that everything is installed and prints one line.

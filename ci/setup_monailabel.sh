@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 # Creates .venv-monailabel: a separate environment for MONAI Label 0.8.5 serving the bundles in bundles/
 # (recipe and reasons: docs/monailabel.md).
 #

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 # README's test command (and what .ci/run calls): installs into .venv if needed, then runs the whole suite.
 #
 # The MONAI Label server test needs its own environment (.venv-monailabel: older numpy/pydicom/monai and a
@@ -8,6 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/setup.sh
+# one style for the whole repository: pycodestyle, pyflakes and import order ([tool.ruff] in pyproject.toml)
+echo "[test] ruff check"
+.venv/bin/ruff check --output-format concise .
 mode=${RUN_MONAILABEL:-auto}
 if [ "$mode" = auto ]; then
     free_kb=$(df -Pk . | awk 'NR == 2 {print $4}')

@@ -1,3 +1,6 @@
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """
 Build the CUDA extensions of mamba-ssm (``selective_scan_cuda``) and causal-conv1d (``causal_conv1d_cuda``) from their
 PyPI source distributions for one GPU architecture, and install them with their Python packages into a target folder
@@ -88,7 +91,8 @@ def _extract_sdist(sdist_dir: Path, prefix: str, work_dir: Path) -> Path:
     """Extract the one ``<prefix>*.tar.gz`` of ``sdist_dir`` into ``work_dir``; return the source root."""
     matches = sorted(sdist_dir.glob(f"{prefix}*.tar.gz"))
     if len(matches) != 1:
-        raise FileNotFoundError(f"expected exactly one {prefix}*.tar.gz in {sdist_dir}, found {[m.name for m in matches]}.")
+        found = [m.name for m in matches]
+        raise FileNotFoundError(f"expected exactly one {prefix}*.tar.gz in {sdist_dir}, found {found}.")
     with tarfile.open(matches[0]) as archive:
         roots = {name.split("/", 1)[0] for name in archive.getnames()}
         if len(roots) != 1:

@@ -1,3 +1,6 @@
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """
 Smoke check of freshly built mamba-ssm / causal-conv1d CUDA kernels against the pure-PyTorch references that ship
 with those packages (``selective_scan_ref``, ``causal_conv1d_ref``), fp32 forward and backward, on small random inputs.
@@ -77,7 +80,9 @@ def main(argv: List[str]) -> int:
     x = torch.randn(batch, dim, length, device=device)
     weight = torch.randn(dim, 4, device=device)
     bias = torch.randn(dim, device=device)
-    results["causal_conv1d_fn"] = _compare(causal_conv1d_fn, causal_conv1d_ref, [x, weight, bias], {"activation": "silu"})
+    results["causal_conv1d_fn"] = _compare(
+        causal_conv1d_fn, causal_conv1d_ref, [x, weight, bias], {"activation": "silu"}
+    )
 
     failed = False
     for name, errors in results.items():

@@ -1,3 +1,6 @@
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """
 Parity, speed and memory of the CUDA dispatch of :mod:`shared_networks.ssm` on a GPU machine.
 
@@ -177,7 +180,9 @@ def causal_conv1d_parity(device: torch.device, fast: str, length: int) -> List[D
                     "width": width,
                     "activation": activation,
                     "layout": layout,
-                    "fast_vs_torch": {n: relative_error(a, b) for n, a, b in zip(names, results["fast"], results["torch"])},
+                    "fast_vs_torch": {
+                        n: relative_error(a, b) for n, a, b in zip(names, results["fast"], results["torch"])
+                    },
                     "fast_vs_f64": {n: relative_error(a, b) for n, a, b in zip(names, results["fast"], results["f64"])},
                 }
                 rows.append(row)
@@ -205,7 +210,8 @@ def scan_timings(device: torch.device, fast: str, fwd_length: int, bwd_length: i
                 return grads
 
             results[f"{phase} L={length} {backend}"] = time_ms(step, device, warmup=2, repeat=10)
-        results[f"{phase} L={length} speed-up"] = results[f"{phase} L={length} torch"] / results[f"{phase} L={length} {fast}"]
+        key = f"{phase} L={length}"
+        results[f"{key} speed-up"] = results[f"{key} torch"] / results[f"{key} {fast}"]
     logger.info("scan timings (ms): %s", json.dumps(results))
     return results
 
@@ -401,7 +407,8 @@ def print_table(report: Dict, fast: str) -> None:
     if isinstance(conv, list):
         lines.append(
             f"causal_conv1d fp32 ({len(conv)} cases), max rel. error {fast} vs torch "
-            f"{_worst([r['fast_vs_torch'] for r in conv]):.1e}, {fast} vs f64 {_worst([r['fast_vs_f64'] for r in conv]):.1e}"
+            f"{_worst([r['fast_vs_torch'] for r in conv]):.1e}, "
+            f"{fast} vs f64 {_worst([r['fast_vs_f64'] for r in conv]):.1e}"
         )
     for section in ("scan_timings_ms", "segmamba_parity", "segmamba_benchmark"):
         value = report.get(section)
@@ -460,7 +467,11 @@ def main(argv: List[str]) -> int:
         "scan_timings_ms": lambda: scan_timings(device, fast, args.time_fwd_length, args.time_bwd_length),
         "segmamba_parity": lambda: segmamba_parity(device, fast, args.net_size, args.net_grad_size),
         "segmamba_benchmark": lambda: segmamba_benchmark(
-            device, [fast, "torch"] if args.bench_torch_backend else [fast], args.net_size, args.train_batch, args.repeat
+            device,
+            [fast, "torch"] if args.bench_torch_backend else [fast],
+            args.net_size,
+            args.train_batch,
+            args.repeat,
         ),
     }
     unknown = set(args.skip) - set(sections)

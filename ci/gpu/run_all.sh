@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 # CUDA validation on a GPU machine, from the repository root:
 #   1. build mamba-ssm's and causal-conv1d's CUDA extensions for one architecture (or reuse .so/.so.xz files from
 #      GPU_PREBUILT_DIR), install them with their Python packages into GPU_SITE;

@@ -1,3 +1,6 @@
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """Mamba layer (Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces", arXiv:2312.00752).
 
 The parameters, their names, shapes and initialisation equal ``mamba_ssm.modules.mamba_simple.Mamba``, so a state
@@ -139,7 +142,8 @@ class Mamba(nn.Module):
             scan_orders = [None] * len(self.direction_suffixes)
         if len(scan_orders) != len(self.direction_suffixes):
             raise ValueError(
-                f"scan_orders must give one order per direction ({len(self.direction_suffixes)}), got {len(scan_orders)}."
+                f"scan_orders must give one order per direction ({len(self.direction_suffixes)}), "
+                f"got {len(scan_orders)}."
             )
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2 * d_inner, L)
         x, z = xz.chunk(2, dim=1)

@@ -1,3 +1,6 @@
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """Scan orders for multi-directional Mamba layers: which token each position of a direction's sequence reads.
 
 A volume (D, H, W) is flattened in C order, so token index = d * H * W + h * W + w. Each order is returned as a pair
@@ -47,7 +50,9 @@ def reversed_order(length: int, device: torch.device | str = "cpu") -> tuple[tor
     return _cached("reversed", (int(length),), torch.device(device))
 
 
-def inter_slice_order(spatial_shape: Sequence[int], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def inter_slice_order(
+    spatial_shape: Sequence[int], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SegMamba's inter-slice scan: for each in-plane position, all slices along the first spatial axis in turn.
 
     For a (D, H, W) volume this is the token order of the volume permuted to (H, W, D). It equals the release's

@@ -1,3 +1,6 @@
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """Blocks of SegMamba (Xing et al., "SegMamba: Long-range Sequential Modeling Mamba for 3D Medical Image
 Segmentation", MICCAI 2024, arXiv:2401.13560).
 
@@ -73,7 +76,9 @@ class GatedSpatialConvolution(nn.Module):
             self.gate_branch = nn.Sequential(
                 _instance_norm(spatial_dims, channels), conv(channels, channels, 1, 1, 0), nn.ReLU()
             )
-            self.fuse = nn.Sequential(_instance_norm(spatial_dims, channels), conv(channels, channels, 3, 1, 1), nn.ReLU())
+            self.fuse = nn.Sequential(
+                _instance_norm(spatial_dims, channels), conv(channels, channels, 3, 1, 1), nn.ReLU()
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate == "multiply":
@@ -91,7 +96,9 @@ class TriOrientatedMambaLayer(nn.Module):
     patch size works (the release hard-codes the slice count of a 128^3 patch).
     """
 
-    def __init__(self, dim: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, init_all_directions: bool = False):
+    def __init__(
+        self, dim: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, init_all_directions: bool = False
+    ) -> None:
         super().__init__()
         self.dim = dim
         self.norm = nn.LayerNorm(dim)

@@ -1,3 +1,6 @@
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """SegMamba network.
 
 Xing, Ye, Yang, Ning, Zhu: "SegMamba: Long-range Sequential Modeling Mamba for 3D Medical Image Segmentation",
@@ -66,13 +69,16 @@ class SegMamba(nn.Module):
         super().__init__()
         if len(feature_sizes) != 4 or len(depths) != 4:
             raise ValueError(
-                f"SegMamba has four encoder stages: feature_sizes and depths need 4 entries, got {feature_sizes} and {depths}."
+                "SegMamba has four encoder stages: feature_sizes and depths need 4 entries, "
+                f"got {feature_sizes} and {depths}."
             )
         self.spatial_dims = spatial_dims
         self.vit = SegMambaEncoder(spatial_dims, in_channels, depths, feature_sizes, mode=mode, d_state=d_state)
 
         def basic_block(cin: int, cout: int) -> UnetrBasicBlock:
-            return UnetrBasicBlock(spatial_dims, cin, cout, kernel_size=3, stride=1, norm_name=norm_name, res_block=res_block)
+            return UnetrBasicBlock(
+                spatial_dims, cin, cout, kernel_size=3, stride=1, norm_name=norm_name, res_block=res_block
+            )
 
         def up_block(cin: int, cout: int) -> UnetrUpBlock:
             return UnetrUpBlock(

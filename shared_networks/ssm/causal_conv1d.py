@@ -1,3 +1,6 @@
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """
 Causal depthwise 1D convolution as in Mamba's block (Gu & Dao, 2023, Sec. 3.4 / Fig. 3) with the layout of
 ``causal_conv1d.causal_conv1d_fn`` (Tri Dao's causal-conv1d package).

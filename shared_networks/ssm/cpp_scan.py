@@ -1,3 +1,6 @@
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """
 The ``"cpp"`` selective-scan backend: the C++/OpenMP kernel in ``csrc/selective_scan_cpu.cpp``, compiled with
 ``torch.utils.cpp_extension.load`` at first use and cached in the torch extensions directory

@@ -1,3 +1,6 @@
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """
 Selective scan (S6) of Mamba: Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces", 2023
 (arXiv:2312.00752), Algorithm 2 with the zero-order-hold discretisation of Sec. 3.2 as implemented by
@@ -107,12 +110,14 @@ def selective_scan(
     groups_c = _check_bc("C", C, batch, dim, dstate, length)
     if groups_b != groups_c:
         raise ValueError(
-            f"B and C must have the same number of groups G (as in mamba-ssm), got {tuple(B.shape)} and {tuple(C.shape)}."
+            "B and C must have the same number of groups G (as in mamba-ssm), "
+            f"got {tuple(B.shape)} and {tuple(C.shape)}."
         )
     _check_shape("D", D, (dim,), "(dim,)")
     _check_shape("z", z, (batch, dim, length), "(batch, dim, L)")
     _check_shape("delta_bias", delta_bias, (dim,), "(dim,)")
-    for name, tensor in (("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z), ("delta_bias", delta_bias)):
+    named = (("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z), ("delta_bias", delta_bias))
+    for name, tensor in named:
         if tensor is not None and tensor.device != u.device:
             raise ValueError(f"{name} is on {tensor.device} but u is on {u.device}; all tensors must share a device.")
         if tensor is not None and not tensor.is_floating_point():

@@ -1,11 +1,14 @@
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """
 Pure PyTorch selective scan (the ``"torch"`` backend): runs on any device and is differentiable by autograd.
 
 The sequence is cut into blocks; inside a block of length ``T * K`` the steps are laid out as ``K`` rows of ``T``
-consecutive steps (stored time-major). A first sweep over the ``T`` positions advances all ``K`` rows at once from a zero state, which
-gives each row's own final state. The rows are then chained sequentially (the decay over a whole row is
-``exp(A * sum(delta))``) to get the true state at each row start, and a second sweep recomputes the outputs from
-those states. Only ``(batch, dim, N, K)`` states live at a time, never the ``(batch, dim, L, N)`` tensor; with
+consecutive steps (stored time-major). A first sweep over the ``T`` positions advances all ``K`` rows at once from a
+zero state, which gives each row's own final state. The rows are then chained sequentially (the decay over a whole
+row is ``exp(A * sum(delta))``) to get the true state at each row start, and a second sweep recomputes the outputs
+from those states. Only ``(batch, dim, N, K)`` states live at a time, never the ``(batch, dim, L, N)`` tensor; with
 gradients enabled each block is checkpointed so that autograd keeps one block's graph at a time.
 """
 

@@ -1,4 +1,6 @@
-# Copyright (c) the shared_networks authors. Licensed under the Apache License, Version 2.0.
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """BraTS 2023 data layer: discovery, validation errors, reproducible datalist, phantoms and region conversion."""
 
 from __future__ import annotations

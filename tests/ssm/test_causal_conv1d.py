@@ -1,15 +1,14 @@
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """causal_conv1d vs an explicit float64 sum over taps (shared_networks.ssm.reference)."""
 
 from __future__ import annotations
 
 from functools import partial
 
-import os
-import sys
-
 import pytest
 import torch
-
 
 from shared_networks.ssm import causal_conv1d, causal_conv1d_backend
 from shared_networks.ssm.backends import BACKEND_ENV_VAR

@@ -1,6 +1,10 @@
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """
 Parity of the ``"cuda"`` backend of :mod:`shared_networks.ssm` (mamba-ssm's ``selective_scan_fn``, causal-conv1d's
-``causal_conv1d_fn``) with the pure PyTorch backend and the float64 sequential oracle of ``shared_networks.ssm.reference``.
+``causal_conv1d_fn``) with the pure PyTorch backend and the float64 sequential oracle of
+``shared_networks.ssm.reference``.
 
 Skipped unless a CUDA device is visible and both mamba_ssm and causal_conv1d import (CI has neither); on a GPU
 machine build them with ``ci/gpu/build_kernels.py`` and run ``pytest tests/test_cuda_parity.py``.
@@ -9,9 +13,6 @@ machine build them with ``ci/gpu/build_kernels.py`` and run ``pytest tests/test_
 from __future__ import annotations
 
 from functools import partial
-
-import os
-import sys
 
 import pytest
 import torch
@@ -54,7 +55,8 @@ def test_selective_scan_cuda_matches_torch_and_float64(groups: int, full: bool):
     bc_shape = (batch, dstate, length) if groups == 0 else (batch, groups, dstate, length)
     inputs = {
         "u": torch.randn(batch, dim, length, device=CUDA),
-        "delta": torch.rand(batch, dim, length, device=CUDA) * 0.2 if not full else torch.randn(batch, dim, length, device=CUDA) - 1,
+        "delta": (torch.randn(batch, dim, length, device=CUDA) - 1 if full
+                  else torch.rand(batch, dim, length, device=CUDA) * 0.2),
         "A": -torch.exp(0.5 * torch.randn(dim, dstate, device=CUDA)),
         "B": torch.randn(bc_shape, device=CUDA),
         "C": torch.randn(bc_shape, device=CUDA),

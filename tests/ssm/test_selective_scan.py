@@ -1,25 +1,24 @@
-"""Selective scan vs the float64 sequential oracle of shared_networks.ssm.reference, for every backend available here."""
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Selective scan vs the float64 sequential oracle of shared_networks.ssm.reference, for every backend here."""
 
 from __future__ import annotations
 
-from functools import partial
-
 import logging
 import math
-import os
-import sys
+from functools import partial
 from typing import Dict, Optional
 
 import numpy as np
 import pytest
 import torch
 
-
 from shared_networks.ssm import available_backends, selective_scan, selective_scan_backend
 from shared_networks.ssm.backends import BACKEND_ENV_VAR
 from shared_networks.ssm.cpp_scan import build_extension, load_extension
-from shared_networks.ssm.torch_scan import selective_scan_torch
 from shared_networks.ssm.reference import selective_scan_ref, selective_scan_ref_numpy
+from shared_networks.ssm.torch_scan import selective_scan_torch
 
 # the oracle runs in float64 whatever the inputs' dtype
 selective_scan_reference = partial(selective_scan_ref, dtype=torch.float64)
@@ -289,8 +288,10 @@ def test_failed_build_warns_once_and_returns_none(tmp_path, monkeypatch, caplog)
         ({"u": torch.zeros(2, 4)}, r"u must be \(batch, dim, L\), got \(2, 4\)"),
         ({"delta": torch.zeros(2, 4, 9)}, r"delta must be \(batch, dim, L\) = \(2, 4, 10\), got \(2, 4, 9\)"),
         ({"A": torch.zeros(3, 16)}, r"A must be \(dim, N\) = \(4, N\)"),
-        ({"B": torch.zeros(2, 16, 9)}, r"B must be \(batch, N, L\) = \(2, 16, 10\) or \(batch, G, N, L\).*got \(2, 16, 9\)"),
-        ({"C": torch.zeros(2, 3, 16, 10)}, r"C must be \(batch, N, L\) = \(2, 16, 10\) or \(batch, G, N, L\) with dim % G"),
+        ({"B": torch.zeros(2, 16, 9)},
+         r"B must be \(batch, N, L\) = \(2, 16, 10\) or \(batch, G, N, L\).*got \(2, 16, 9\)"),
+        ({"C": torch.zeros(2, 3, 16, 10)},
+         r"C must be \(batch, N, L\) = \(2, 16, 10\) or \(batch, G, N, L\) with dim % G"),
         ({"B": torch.zeros(2, 2, 16, 10)}, r"B and C must have the same number of groups"),
         ({"D": torch.zeros(5)}, r"D must be \(dim,\) = \(4,\), got \(5,\)"),
         ({"z": torch.zeros(2, 4, 11)}, r"z must be \(batch, dim, L\) = \(2, 4, 10\), got \(2, 4, 11\)"),

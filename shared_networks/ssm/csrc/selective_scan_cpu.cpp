@@ -1,3 +1,6 @@
+// Copyright (c) the shared_networks contributors.
+// Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+// the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 // Selective scan (S6) of Mamba on CPU: forward and backward.
 //
 // Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces", 2023 (arXiv:2312.00752), Alg. 2,
