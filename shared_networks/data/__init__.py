@@ -15,6 +15,14 @@ from .brats import (
     validate_brats_cases,
 )
 from .transforms import ConvertToBratsRegions, ConvertToBratsRegionsd
+from .validation import (
+    ImageFileSummary,
+    ValidationCache,
+    check_image_file,
+    check_same_grid,
+    run_checks,
+    validation_sidecar_path,
+)
 
 __all__ = [
     "BRATS_LABELS",
@@ -23,9 +31,15 @@ __all__ = [
     "ConvertToBratsRegions",
     "brats_case_name_formatter",
     "ConvertToBratsRegionsd",
+    "ImageFileSummary",
+    "ValidationCache",
+    "check_image_file",
+    "check_same_grid",
     "find_brats_cases",
     "generate_brats_phantoms",
     "make_brats_datalist",
+    "run_checks",
     "split_case_names",
     "validate_brats_cases",
+    "validation_sidecar_path",
 ]

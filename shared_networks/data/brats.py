@@ -24,20 +24,27 @@ before shuffling with a local ``random.Random(seed)``, so the split is the same 
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import logging
 import math
 import os
 import random
-import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import nibabel as nib
 import numpy as np
-from nibabel.filebasedimages import ImageFileError
 
+from shared_networks.data.validation import (
+    ImageFileSummary,
+    ValidationCache,
+    check_image_file,
+    check_same_grid,
+    run_checks,
+    validation_sidecar_path,
+)
 from shared_networks.io import write_bytes_atomically, write_text_atomically
 
 __all__ = [
@@ -69,7 +76,8 @@ BRATS_FILE_EXTENSION = ".nii.gz"
 
 _DATALIST_KEYS = ("training", "validation", "testing")
 _LAYOUT = "<dataset_dir>/<case>/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz"
-_READ_CHUNK_BYTES = 1 << 22
+#: Cases between two progress messages of a validation.
+_LOG_EVERY_CASES = 100
 
 
 def _case_file(case_dir: str, case: str, suffix: str) -> str:
@@ -150,126 +158,127 @@ def find_brats_cases(dataset_dir: str | os.PathLike, require_label: bool = True)
     return cases
 
 
-def _decompressed_size(case: str, path: str) -> int:
-    """Decompress a gzip file fully (all members, CRC-checked) and return its uncompressed size."""
-    size = 0
-    try:
-        with gzip.open(path, "rb") as f:
-            while chunk := f.read(_READ_CHUNK_BYTES):
-                size += len(chunk)
-    except (OSError, EOFError, zlib.error) as err:
-        raise ValueError(f"BraTS case '{case}': file '{path}' is corrupt or truncated ({err}).") from err
-    return size
+#: Version tag of the BraTS checks in the validation records (bump it when the checks below change).
+_VALIDATION_RULES = "brats-2023/1"
+#: Kinds of file checks (recorded in the validation record): images; labels with their values checked; labels read
+#: as files only (``check_labels=False``).
+_IMAGE, _LABEL, _LABEL_FILE = "image", "label", "label-file"
 
 
-def _check_stored_data_size(case: str, path: str, image: nib.Nifti1Image | nib.Nifti2Image) -> None:
+def _parse_case_entry(entry: Any, where: str, check_labels: bool, owner: str = "") -> tuple[str, list[tuple[str, str]]]:
     """
-    Detect truncated or corrupt NIfTI files without decoding them into arrays.
+    Check the structure of one case entry and that its files exist.
 
-    For gzip files the trailer stores the uncompressed size (mod 2**32), which is compared with the size implied by
-    the header; only on a mismatch (a truncated file, or a legal multi-member gzip) is the stream decompressed fully.
+    Args:
+        entry: ``{"case": name, "image": [4 paths], "label": path}``.
+        where: how to name the entry when it has no case name (e.g. ``"cases[3]"``).
+        check_labels: the entry must have a ``"label"``.
+        owner: appended to the case in messages, e.g. ``" (split 'testing' of datalist 'datalist.json')"``.
+
+    Returns:
+        the message context (``"BraTS case '<name>'<owner>"``) and the ``(path, kind)`` of its files, images first.
     """
-    expected = int(image.dataobj.offset) + math.prod(image.shape) * image.get_data_dtype().itemsize
-    if not path.endswith(".gz"):
-        stored = os.path.getsize(path)
-    else:
-        with open(path, "rb") as f:
-            f.seek(-4, os.SEEK_END)
-            if int.from_bytes(f.read(4), "little") == expected % (1 << 32):
-                return
-        stored = _decompressed_size(case, path)
-    if stored < expected:
+    if not isinstance(entry, Mapping) or "image" not in entry:
+        raise ValueError(f"{where}{owner} must be a dict with 'case', 'image' and 'label' keys, got {entry!r}.")
+    context = f"BraTS case '{entry.get('case', where)}'{owner}"
+    images = entry["image"]
+    if isinstance(images, (str, bytes)) or not isinstance(images, Sequence) or len(images) != len(BRATS_MODALITIES):
         raise ValueError(
-            f"BraTS case '{case}': file '{path}' is truncated: it holds {stored} bytes, its header needs {expected}."
+            f"{context}: 'image' must list {len(BRATS_MODALITIES)} files in the order {list(BRATS_MODALITIES)}, "
+            f"got {images!r}."
         )
+    if check_labels and "label" not in entry:
+        raise ValueError(f"{context}: no 'label' file given (check_labels=True).")
+    files = [(os.fspath(path), _IMAGE) for path in images]
+    if "label" in entry:
+        files.append((os.fspath(entry["label"]), _LABEL if check_labels else _LABEL_FILE))
+    for path, _ in files:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{context}: file '{path}' does not exist.")
+    return context, files
 
 
-def _read_header(case: str, path: str) -> nib.Nifti1Image | nib.Nifti2Image:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"BraTS case '{case}': file '{path}' does not exist.")
-    try:
-        image = nib.load(path)
-    except (ImageFileError, OSError, EOFError, zlib.error, ValueError) as err:
-        raise ValueError(f"BraTS case '{case}': file '{path}' is not a readable NIfTI image ({err}).") from err
-    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise ValueError(f"BraTS case '{case}': file '{path}' is a {type(image).__name__}; expected NIfTI.")
-    _check_stored_data_size(case, path, image)
-    if len(image.shape) != 3:
-        raise ValueError(f"BraTS case '{case}': file '{path}' has shape {image.shape}; expected a 3D volume.")
-    return image
+def _check_case_file(path: str, kind: str, context: str, cache: ValidationCache | None) -> ImageFileSummary:
+    """Full check of one file (:func:`check_image_file`, plus the label values), unless ``cache`` vouches for it."""
+    summary = cache.lookup(path, kind) if cache is not None else None
+    if summary is not None:
+        return summary
+    summary = check_image_file(path, context, allow_uniform=kind != _IMAGE, keep_data=kind == _LABEL)
+    if kind == _LABEL:
+        _check_label_values(context, path, summary.data)
+        summary = dataclasses.replace(summary, data=None)
+    if cache is not None:
+        cache.record(summary, kind)
+    return summary
 
 
-def validate_brats_cases(cases: Sequence[Mapping], check_labels: bool = True) -> None:
+def _check_cases(
+    cases: Sequence[tuple[str, list[tuple[str, str]]]], cache: ValidationCache | None, num_workers: int | None
+) -> None:
+    """Check every file of every case (see :func:`_check_case_file`) and that each case's files share one grid."""
+
+    def check_case(case: tuple[str, list[tuple[str, str]]]) -> None:
+        context, files = case
+        check_same_grid([_check_case_file(path, kind, context, cache) for path, kind in files], context)
+
+    logger.info("Validating %d BraTS cases (%d files).", len(cases), sum(len(files) for _, files in cases))
+    run_checks(check_case, cases, num_workers=num_workers, what="BraTS cases", log_every=_LOG_EVERY_CASES)
+
+
+def validate_brats_cases(cases: Sequence[Mapping], check_labels: bool = True, num_workers: int | None = None) -> None:
     """
-    Check BraTS cases before training: all files exist and are readable NIfTI volumes, the four modalities and the
-    label share one 3D shape, and (if ``check_labels``) the label only holds values in :data:`BRATS_LABELS`.
+    Check BraTS cases before training or inference; every file is read completely (see
+    :func:`shared_networks.data.validation.check_image_file`).
 
-    Shapes are read from the headers; truncation is detected from the gzip trailer without decoding the images,
-    and only the label arrays are loaded.
+    - every file exists and is a readable single-file NIfTI; a ``.nii.gz`` is decompressed completely, so a corrupt
+      (CRC mismatch) or truncated gzip stream is reported;
+    - every file is a 3D scalar volume (not 4D, not an RGB / vector image) with finite values (no NaN or Inf);
+    - the images (modalities) are neither all zero nor constant;
+    - the four modalities and the label share one grid: the same shape and affines equal within the tolerance of
+      MONAI's ``LoadImage`` (:func:`shared_networks.data.validation.check_same_grid`);
+    - if ``check_labels``, the label only holds integer values in :data:`BRATS_LABELS`.
+
+    The existence and the structure of all entries are checked first, so a missing file is reported at once. Files
+    are then checked in ``num_workers`` threads, with an INFO line every 100 cases.
 
     Args:
         cases: entries as returned by :func:`find_brats_cases` (``"case"``, ``"image"`` and optionally ``"label"``).
         check_labels: if True every case must have a ``"label"`` whose values are checked; if False labels are
-            optional and only their shape is checked.
+            optional and, when present, checked as files (readable, 3D, finite, on the grid of the images) only.
+        num_workers: threads reading files; None: one per CPU, at most 8; 0 or 1: no threads.
 
     Raises:
         FileNotFoundError: a file is missing; the message names the case and the file.
-        ValueError: an entry is malformed, a file is corrupt or truncated, shapes differ, or a label holds values
-            outside {0, 1, 2, 3}; the message names the case and the file.
+        ValueError: an entry is malformed or a check fails; the message names the case, the file and what was
+            expected.
     """
+    _validate_case_list(cases, check_labels, num_workers, cache=None)
+
+
+def _validate_case_list(
+    cases: Sequence[Mapping], check_labels: bool, num_workers: int | None, cache: ValidationCache | None
+) -> None:
+    """:func:`validate_brats_cases`, recording the files that pass in ``cache`` (if given)."""
     if isinstance(cases, (str, bytes, Mapping)) or not isinstance(cases, Sequence):
         raise ValueError(f"cases must be a list of case dicts, got {type(cases).__name__}.")
     if len(cases) == 0:
         raise ValueError("cases is empty: there are no BraTS cases to validate.")
-    for index, entry in enumerate(cases):
-        if not isinstance(entry, Mapping) or "image" not in entry:
-            raise ValueError(f"cases[{index}] must be a dict with 'case', 'image' and 'label' keys, got {entry!r}.")
-        case = str(entry.get("case", f"#{index}"))
-        images = entry["image"]
-        if isinstance(images, (str, bytes)) or len(images) != len(BRATS_MODALITIES):
-            raise ValueError(
-                f"BraTS case '{case}': 'image' must list {len(BRATS_MODALITIES)} files in the order "
-                f"{list(BRATS_MODALITIES)}, got {images!r}."
-            )
-        if check_labels and "label" not in entry:
-            raise ValueError(f"BraTS case '{case}': no 'label' file given (check_labels=True).")
-
-        reference_path, reference = None, None
-        for path in [*images, *([entry["label"]] if "label" in entry else [])]:
-            path = os.fspath(path)
-            image = _read_header(case, path)
-            if reference is None:
-                reference_path, reference = path, image
-                continue
-            if image.shape != reference.shape:
-                raise ValueError(
-                    f"BraTS case '{case}': file '{path}' has shape {image.shape}, but '{reference_path}' has "
-                    f"{reference.shape}; all modalities and the label must share one grid."
-                )
-            if not np.allclose(image.affine, reference.affine, atol=1e-3):
-                logger.warning(
-                    "BraTS case '%s': the affine of '%s' differs from that of '%s'.", case, path, reference_path
-                )
-
-        if check_labels:
-            _check_label_values(case, os.fspath(entry["label"]))
+    parsed = [_parse_case_entry(entry, f"cases[{index}]", check_labels) for index, entry in enumerate(cases)]
+    _check_cases(parsed, cache=cache, num_workers=num_workers)
     logger.info("Validated %d BraTS cases.", len(cases))
 
 
-def _check_label_values(case: str, path: str) -> None:
-    try:
-        labels = np.asanyarray(nib.load(path).dataobj)
-    except (ImageFileError, OSError, EOFError, zlib.error, ValueError) as err:
-        raise ValueError(f"BraTS case '{case}': label file '{path}' cannot be read ({err}).") from err
+def _check_label_values(context: str, path: str, labels: np.ndarray) -> None:
+    """The label values must be integers in :data:`BRATS_LABELS` (``labels`` are finite, see check_image_file)."""
     # the labels are the integers 0..3, so range checks replace np.unique (sorting ~9 M voxels is slow)
     unexpected_mask = (labels < min(BRATS_LABELS)) | (labels > max(BRATS_LABELS))
     if not np.issubdtype(labels.dtype, np.integer):
-        unexpected_mask |= labels != np.floor(labels)  # fractional values and NaN
+        unexpected_mask |= labels != np.floor(labels)  # fractional values
     if unexpected_mask.any():
         unexpected = np.unique(labels[unexpected_mask]).tolist()
         hint = " (label 4 is the pre-2023 ET code: map it to 3)" if 4 in unexpected else ""
         raise ValueError(
-            f"BraTS case '{case}': label file '{path}' holds values {unexpected[:10]} outside "
+            f"{context}: label file '{path}' holds values {unexpected[:10]} outside "
             f"{sorted(BRATS_LABELS)} {list(BRATS_LABELS.values())}{hint}."
         )
 
@@ -331,20 +340,58 @@ def _read_datalist(datalist_path: str) -> dict:
     return datalist
 
 
+def _revalidate_datalist(datalist: dict, datalist_path: str, num_workers: int | None) -> None:
+    """
+    Check every file of every split of a reused datalist: their existence always, and a full check of the files
+    whose fingerprint changed since the validation record beside the datalist was written.
+    """
+    cases, seen = [], {}
+    for split in _DATALIST_KEYS:
+        for index, entry in enumerate(datalist[split]):
+            owner = f" (split '{split}' of datalist '{datalist_path}')"
+            cases.append(_parse_case_entry(entry, f"entry {index}", check_labels=True, owner=owner))
+            name = entry.get("case")
+            if name is not None and name in seen and seen[name] != split:
+                logger.warning(
+                    "Datalist '%s': case '%s' is listed in both '%s' and '%s' (its results leak between splits).",
+                    datalist_path, name, seen[name], split,
+                )
+            seen.setdefault(name, split)
+    cache = ValidationCache.load(validation_sidecar_path(datalist_path), rules=_VALIDATION_RULES)
+    try:
+        if cases:
+            _check_cases(cases, cache=cache, num_workers=num_workers)
+    finally:
+        # kept on failure too: after fixing one bad file, the next run reads only what changed
+        cache.keep_only(path for _, files in cases for path, _ in files)
+        cache.save()
+    logger.info(
+        "Validated %d BraTS cases of the datalist '%s': %d files read in full, %d unchanged since their last check.",
+        len(cases), datalist_path, cache.misses, cache.hits,
+    )
+
+
 def make_brats_datalist(
     dataset_dir: str | os.PathLike,
     datalist_path: str | os.PathLike,
     seed: int = 42,
     fractions: Sequence[float] = (0.7, 0.1, 0.2),
     overwrite: bool = False,
+    num_workers: int | None = None,
 ) -> dict:
     """
     Build (or reuse) the JSON datalist of a BraTS 2023 GLI dataset with a reproducible split (see
     :func:`split_case_names`).
 
-    If ``datalist_path`` exists and ``overwrite`` is False it is read and returned unchanged, so a user can edit it.
-    Otherwise the cases are found and validated (:func:`find_brats_cases`, :func:`validate_brats_cases`) before the
-    file is written atomically.
+    If ``datalist_path`` does not exist or ``overwrite`` is True, the cases are found and validated completely
+    (:func:`find_brats_cases`, :func:`validate_brats_cases` with ``check_labels=True``) before the file is written
+    atomically. Otherwise it is reused unchanged, so a user can edit it, but every file of every split (training,
+    validation and testing; every entry needs its label) is checked again as :func:`validate_brats_cases` does with
+    ``check_labels=True``: its existence always, and a full check of the files whose ``(size, mtime_ns)`` changed
+    since they last passed. Those fingerprints are kept in a
+    validation record beside the datalist, ``.<datalist name>.validated.json`` (see
+    :class:`shared_networks.data.validation.ValidationCache`); when it is missing or stale every file is read, so a
+    reuse with nothing changed only costs a ``stat`` per file.
 
     Args:
         dataset_dir: folder with one sub-folder per case.
@@ -352,22 +399,33 @@ def make_brats_datalist(
         seed: split seed (42 in the SegMamba release).
         fractions: training, validation and testing fractions.
         overwrite: rebuild the file even if it exists.
+        num_workers: threads reading files (see :func:`validate_brats_cases`).
 
     Returns:
         ``{"training": [...], "validation": [...], "testing": [...]}``; each entry is
         ``{"case": name, "image": [4 absolute paths in BRATS_MODALITIES order], "label": absolute path}``.
+
+    Raises:
+        FileNotFoundError: a file is missing; the message names the case (and the split on reuse) and the file.
+        ValueError: a check fails, or the existing datalist is malformed; the message names the case (and the split
+            on reuse), the file and what was expected.
     """
     datalist_path = os.fspath(datalist_path)
     if os.path.isfile(datalist_path) and not overwrite:
         logger.info("Reusing the existing datalist '%s' (pass overwrite=True to rebuild it).", datalist_path)
-        return _read_datalist(datalist_path)
+        datalist = _read_datalist(datalist_path)
+        _revalidate_datalist(datalist, datalist_path, num_workers)
+        return datalist
 
     cases = find_brats_cases(dataset_dir, require_label=True)
-    validate_brats_cases(cases, check_labels=True)
+    # a new, empty record: every file is read, and the record is written with the datalist
+    cache = ValidationCache(validation_sidecar_path(datalist_path), rules=_VALIDATION_RULES)
+    _validate_case_list(cases, check_labels=True, num_workers=num_workers, cache=cache)
     by_name = {case["case"]: case for case in cases}
     splits = split_case_names(list(by_name), seed=seed, fractions=fractions)
     datalist = {key: [by_name[name] for name in names] for key, names in zip(_DATALIST_KEYS, splits)}
     write_text_atomically(json.dumps(datalist, indent=2) + "\n", datalist_path)
+    cache.save()
     logger.info("Wrote datalist '%s': %s.", datalist_path, ", ".join(f"{len(v)} {k}" for k, v in datalist.items()))
     return datalist
 

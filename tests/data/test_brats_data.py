@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import random
 import shutil
+import time
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -31,8 +34,11 @@ from shared_networks.data import (
     split_case_names,
     validate_brats_cases,
 )
+from shared_networks.data.brats import phantom_affine
+from shared_networks.data.validation import validation_sidecar_path
 
 SHAPE = (32, 32, 32)
+SPLITS = ("training", "validation", "testing")
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +60,9 @@ def case_file(root: Path, case: str, suffix: str) -> Path:
     return root / case / f"{case}-{suffix}.nii.gz"
 
 
-def save_nifti(path: Path, array: np.ndarray) -> None:
-    nib.save(nib.Nifti1Image(array, np.eye(4)), str(path))
+def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> None:
+    """Replace a phantom file, on the phantoms' grid unless ``affine`` is given."""
+    nib.save(nib.Nifti1Image(array, phantom_affine(SHAPE) if affine is None else affine), str(path))
 
 
 def read(path) -> np.ndarray:
@@ -134,7 +141,7 @@ def test_missing_modality(dataset):
 def _damage(root: Path, case: str, suffix: str, how: str) -> None:
     path = case_file(root, case, suffix)
     if how == "shape":
-        save_nifti(path, np.ones((SHAPE[0], SHAPE[1], SHAPE[2] - 2), dtype=np.uint8 if suffix == "seg" else np.int16))
+        save_nifti(path, read(path)[:, :, 1:-1].copy())
     elif how == "label4":
         labels = read(path).copy()
         labels[labels == 3] = 4  # the BraTS 2018-2022 ET code
@@ -154,6 +161,37 @@ def _damage(root: Path, case: str, suffix: str, how: str) -> None:
         # a valid gzip stream of too few bytes: header fine, data short
         raw = gzip.decompress(path.read_bytes())
         path.write_bytes(gzip.compress(raw[: len(raw) - 1000]))
+    elif how in ("nan", "inf"):
+        volume = read(path).astype(np.float32)
+        volume[5, 6, 7] = np.nan if how == "nan" else np.inf
+        volume[8, 9, 10] = -np.inf if how == "inf" else volume[8, 9, 10]
+        save_nifti(path, volume)
+    elif how in ("constant", "zeros"):
+        save_nifti(path, np.full(SHAPE, 7 if how == "constant" else 0, dtype=np.int16))
+    elif how == "rgb24":
+        rgb = np.zeros(SHAPE, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+        rgb["R"] = read(path) % 256
+        save_nifti(path, rgb)
+    elif how == "vector5d":
+        vector = np.stack([read(path)] * 3, axis=-1)[:, :, :, None, :]  # (x, y, z, 1, 3)
+        image = nib.Nifti1Image(vector, phantom_affine(SHAPE))
+        image.header.set_intent("vector")
+        nib.save(image, str(path))
+    elif how == "4d":
+        save_nifti(path, np.stack([read(path)] * 2, axis=-1))
+    elif how == "flipped_bytes":
+        _flip_middle_bytes(path, compresslevel=6)
+
+
+def _flip_middle_bytes(path: Path, compresslevel: int) -> bytes:
+    """Re-compress ``path`` at ``compresslevel`` and flip 4 bytes in the middle of the deflate stream, keeping its
+    length and its gzip trailer (CRC-32 and size) unchanged. Returns the original decompressed bytes."""
+    raw = gzip.decompress(path.read_bytes())
+    data = bytearray(gzip.compress(raw, compresslevel=compresslevel, mtime=0))
+    middle = len(data) // 2
+    data[middle : middle + 4] = bytes(b ^ 0xFF for b in data[middle : middle + 4])
+    path.write_bytes(bytes(data))
+    return raw
 
 
 @pytest.mark.parametrize(
@@ -168,6 +206,15 @@ def _damage(root: Path, case: str, suffix: str, how: str) -> None:
         ("t2w", "truncated_header", "not a readable NIfTI"),
         ("t1c", "garbage", "not a readable NIfTI"),
         ("t2f", "truncated_uncompressed", "truncated: it holds"),
+        ("t1c", "nan", r"holds 1 NaN voxel\(s\) out of 32768 \(the first at voxel \(5, 6, 7\)\)"),
+        ("t2w", "inf", r"holds 2 infinite voxel\(s\) \(1 \+Inf, 1 -Inf\)"),
+        ("seg", "nan", r"holds 1 NaN voxel"),  # labels must be finite integers
+        ("t2f", "constant", "is constant: all 32768 voxels equal 7"),
+        ("t1n", "zeros", "is all zeros"),
+        ("t1c", "rgb24", r"colour/vector image \(datatype RGB, 3 components per voxel\)"),
+        ("t2w", "vector5d", r"shape \(32, 32, 32, 1, 3\): a colour/vector image \(3 components"),
+        ("t2f", "4d", r"shape \(32, 32, 32, 2\) \(4D\).*one file per volume"),
+        ("t1n", "flipped_bytes", "corrupt"),
     ],
 )
 def test_bad_case_is_named(dataset, suffix, how, message):
@@ -185,14 +232,72 @@ def test_bad_case_is_named(dataset, suffix, how, message):
     assert not datalist_path.exists()
 
 
-def test_valid_files_are_not_decompressed(dataset, monkeypatch):
-    """Images are checked from the header and the gzip trailer; only labels are decoded."""
+def test_every_file_is_read_once(dataset, monkeypatch):
+    """Each file is opened once: decompression, header and voxels come from one read (no nibabel re-read)."""
+    from shared_networks.data import validation
 
-    def fail(case, path):
-        raise AssertionError(f"{path} was decompressed")
+    opened = []
 
-    monkeypatch.setattr(brats, "_decompressed_size", fail)
+    def counting_open(path, *args, **kwargs):
+        opened.append(os.fspath(path))
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(validation, "open", counting_open, raising=False)
+    monkeypatch.setattr(nib, "load", lambda *a, **k: pytest.fail("nibabel.load re-read a file"))
+    cases = find_brats_cases(dataset)
+    validate_brats_cases(cases, num_workers=1)
+    expected = sorted(p for c in cases for p in [*c["image"], c["label"]])
+    assert sorted(opened) == expected
+
+
+def test_flipped_bytes_are_caught_by_the_gzip_crc(dataset):
+    """Flipped bytes in a stored (level 0) deflate block keep the deflate stream valid and the file length and trailer
+    unchanged: only the CRC-32 tells, and nibabel alone reads the wrong voxels without a word."""
+    case = "BraTS-PHANTOM-00002-000"
+    path = case_file(dataset, case, "t1c")
+    original = read(path)
+    raw = _flip_middle_bytes(path, compresslevel=0)
+    damaged = path.read_bytes()
+    inflated = zlib.decompressobj(wbits=-zlib.MAX_WBITS).decompress(damaged[10:])  # raw deflate: no CRC check
+    assert len(inflated) == len(raw) and inflated != raw
+    assert int.from_bytes(damaged[-4:], "little") == len(raw)  # the stored size still matches
+    assert (read(path) != original).any()  # read silently with wrong voxels
+    with pytest.raises(ValueError, match="gzip stream fails the integrity check") as error:
+        validate_brats_cases(find_brats_cases(dataset))
+    assert f"'{case}'" in str(error.value) and str(path) in str(error.value)
+
+
+def test_mismatched_affines_are_an_error(dataset):
+    case = "BraTS-PHANTOM-00001-000"
+    t2w, t1c = case_file(dataset, case, "t2w"), case_file(dataset, case, "t1c")
+    shifted = phantom_affine(SHAPE)
+    shifted[0, 3] += 2.0  # 2 mm off
+    save_nifti(t1c, read(t1c), affine=shifted)
+    with pytest.raises(ValueError, match=r"different affines: the largest difference is 2 ") as error:
+        validate_brats_cases(find_brats_cases(dataset), check_labels=False)
+    message = str(error.value)
+    assert f"'{case}'" in message and str(t1c) in message and str(t2w) in message
+    assert "resample them onto one grid" in message
+
+    # float32 round-off in the header (1e-6 mm) is the same grid, as for MONAI's LoadImage
+    nudged = phantom_affine(SHAPE)
+    nudged[2, 3] += 1e-6
+    save_nifti(t1c, read(t1c), affine=nudged)
     validate_brats_cases(find_brats_cases(dataset))
+
+
+def test_progress_is_logged(dataset, monkeypatch, caplog):
+    monkeypatch.setattr(brats, "_LOG_EVERY_CASES", 1)
+    with caplog.at_level(logging.INFO, logger="shared_networks.data"):
+        validate_brats_cases(find_brats_cases(dataset), num_workers=2)
+    messages = [record.getMessage() for record in caplog.records]
+    assert "Validating 4 BraTS cases (20 files)." in messages
+    assert [m.split(" (")[0] for m in messages if m.startswith("Checked")] == [
+        "Checked 1/4 BraTS cases",
+        "Checked 2/4 BraTS cases",
+        "Checked 3/4 BraTS cases",
+    ]
+    assert messages[-1] == "Validated 4 BraTS cases."
 
 
 def test_multi_member_gzip_is_valid(dataset):
@@ -248,7 +353,8 @@ def test_make_datalist_write_reuse_overwrite(dataset, tmp_path):
     assert [len(datalist[k]) for k in ("training", "validation", "testing")] == [2, 1, 1]
     on_disk = json.loads(datalist_path.read_text())
     assert on_disk == datalist
-    assert [p.name for p in datalist_path.parent.iterdir()] == ["datalist.json"]  # no temp file left behind
+    # the validation record beside it, and no temp file left behind
+    assert sorted(p.name for p in datalist_path.parent.iterdir()) == [".datalist.json.validated.json", "datalist.json"]
     by_name = {c["case"]: c for c in find_brats_cases(dataset)}
     expected = split_case_names(list(by_name), seed=42)
     for key, names in zip(("training", "validation", "testing"), expected):
@@ -274,6 +380,112 @@ def test_make_datalist_rejects_broken_existing_file(dataset, tmp_path):
     datalist_path.write_text('{"training": []}')
     with pytest.raises(ValueError, match="validation"):
         make_brats_datalist(dataset, datalist_path)
+
+
+def _age(root: Path, seconds: int = 3600) -> None:
+    """Date every file back by ``seconds``, as for a dataset downloaded earlier: a file modified less than 2 s before
+    its check is not trusted from its fingerprint, so freshly generated phantoms would be read on every reuse."""
+    past = time.time_ns() - seconds * 10**9
+    for path in root.rglob("*.nii.gz"):
+        os.utime(path, ns=(past, past))
+
+
+@pytest.fixture
+def counted_checks(monkeypatch) -> list[str]:
+    """The files ``make_brats_datalist`` / ``validate_brats_cases`` check in full (read and decode)."""
+    calls: list[str] = []
+    check = brats.check_image_file
+
+    def counting_check(path, *args, **kwargs):
+        calls.append(os.fspath(path))
+        return check(path, *args, **kwargs)
+
+    monkeypatch.setattr(brats, "check_image_file", counting_check)
+    return calls
+
+
+def test_reused_datalist_with_a_file_truncated_later(dataset, tmp_path):
+    _age(dataset)
+    datalist_path = tmp_path / "datalist.json"
+    datalist = make_brats_datalist(dataset, datalist_path)
+    entry = datalist["training"][0]
+    path = Path(entry["image"][1])
+    path.write_bytes(path.read_bytes()[:-100])  # e.g. an interrupted copy after the datalist was written
+    with pytest.raises(ValueError, match="corrupt or truncated: its gzip stream ends early") as error:
+        make_brats_datalist(dataset, datalist_path)
+    message = str(error.value)
+    assert f"BraTS case '{entry['case']}' (split 'training' of datalist '{datalist_path}')" in message
+    assert f"file '{path}'" in message
+
+
+def test_reused_datalist_checks_the_testing_split(dataset, tmp_path):
+    _age(dataset)
+    datalist_path = tmp_path / "datalist.json"
+    datalist = make_brats_datalist(dataset, datalist_path)
+    entry = datalist["testing"][0]
+    path = Path(entry["image"][3])
+    _damage(dataset, entry["case"], "t1c", "nan")
+    assert path == case_file(dataset, entry["case"], "t1c")
+    with pytest.raises(ValueError, match=r"holds 1 NaN voxel") as error:
+        make_brats_datalist(dataset, datalist_path)
+    message = str(error.value)
+    assert f"BraTS case '{entry['case']}' (split 'testing'" in message and f"file '{path}'" in message
+
+    # a missing file is reported at once, whatever the validation record says
+    label = Path(datalist["validation"][0]["label"])
+    label.unlink()
+    with pytest.raises(FileNotFoundError, match="split 'validation'") as error:
+        make_brats_datalist(dataset, datalist_path)
+    assert f"BraTS case '{datalist['validation'][0]['case']}'" in str(error.value) and str(label) in str(error.value)
+
+
+def test_reused_datalist_reads_only_changed_files(dataset, tmp_path, counted_checks):
+    _age(dataset)
+    datalist_path = tmp_path / "datalist.json"
+    sidecar = Path(validation_sidecar_path(datalist_path))
+    datalist = make_brats_datalist(dataset, datalist_path)
+    all_files = sorted(p for split in SPLITS for e in datalist[split] for p in [*e["image"], e["label"]])
+    assert sorted(counted_checks) == all_files and len(all_files) == 20
+    assert sidecar == tmp_path / ".datalist.json.validated.json" and sidecar.is_file()
+
+    counted_checks.clear()
+    assert make_brats_datalist(dataset, datalist_path) == datalist
+    assert counted_checks == []  # nothing changed: no volume read
+
+    # a user edit moves a case between splits: the files are unchanged, so still nothing is read
+    edited = json.loads(datalist_path.read_text())
+    edited["validation"].append(edited["training"].pop())
+    datalist_path.write_text(json.dumps(edited))
+    assert make_brats_datalist(dataset, datalist_path) == edited
+    assert counted_checks == []
+
+    # one file rewritten with the same size but a new mtime: only that one is read again
+    path = edited["testing"][0]["image"][2]
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    make_brats_datalist(dataset, datalist_path)
+    assert counted_checks == [path]
+
+    # no validation record, or one written under other rules: every file is read
+    for damage in ("remove", "stale"):
+        counted_checks.clear()
+        if damage == "remove":
+            sidecar.unlink()
+        else:
+            sidecar.write_text(sidecar.read_text().replace(brats._VALIDATION_RULES, "brats-2023/0"))
+        make_brats_datalist(dataset, datalist_path)
+        assert sorted(counted_checks) == all_files
+
+
+def test_fresh_files_are_read_again_on_reuse(dataset, tmp_path, counted_checks):
+    """A file modified within 2 s of its check may change again within one tick of a coarse file-system clock
+    without changing its mtime: it is not trusted from its fingerprint."""
+    _age(dataset, seconds=0)  # just written
+    datalist_path = tmp_path / "datalist.json"
+    make_brats_datalist(dataset, datalist_path)
+    counted_checks.clear()
+    make_brats_datalist(dataset, datalist_path)
+    assert len(counted_checks) == 20
 
 
 # ---------------------------------------------------------------- phantoms
