@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-# Copyright (c) the shared_networks authors. Licensed under the Apache License, Version 2.0.
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """
 Offline re-implementation of the MONAI Model Zoo bundle checks, run over every folder of ``bundles/``.
 
@@ -7,14 +9,20 @@ For each bundle it runs what the Model Zoo CI runs (``ci/verify_bundle.py`` of P
 version, ``verify_metadata``, ``verify_net_in_out``, ``ckpt_export``), plus the key lint the Zoo CONTRIBUTING still asks
 for, the ``ConfigWorkflow.check_properties()`` of the Zoo unit tests, ``monai.bundle.load`` and file conventions
 (LICENSE, README sections, logging.conf allowlist of MONAI 1.6, relative paths, ``@device``, no process calls or
-pickle in configs, sha256 + ``hash_type`` in ``large_files.yml``). It never writes into the bundle folder: every check
-that needs weights or data works in a temporary copy of the bundle.
+pickle in configs, sha256 + ``hash_type`` in ``large_files.yml``), and that ``inference`` repeats ``train``'s network,
+ids and deterministic preprocessing unchanged (``config_consistency``). It never writes into the bundle folder: every
+check that needs weights or data works in a temporary copy of the bundle.
+
+Each bundle's checks file ``<checks-dir>/<bundle>.yaml`` (default ``ci/bundle_checks/``; format in
+``shared_networks/bundle/layout.py``) declares its synthetic data generator (for the workflow property checks), its
+reduced network (``--reduced``) and what ``config_consistency`` compares beyond ``network_def``.
 
 Usage::
 
     python ci/verify_bundles.py                       # every folder in bundles/
     python ci/verify_bundles.py segmamba_brats -v     # named bundles, with MONAI logs
     python ci/verify_bundles.py --checks metadata,config_lint
+    python ci/verify_bundles.py path/to/my_bundle --checks-dir ci/bundle_checks --checks-dir path/to/checks --reduced
 
 Prints a table bundle x check -> pass / FAIL / note (+ reason) and exits 1 if any check failed.
 """
@@ -24,7 +32,6 @@ from __future__ import annotations
 import argparse
 import configparser
 import contextlib
-import importlib.util
 import json
 import logging
 import os
@@ -40,25 +47,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared_networks.bundle.layout import (
+    BUNDLE_CHECKS_DIR,
+    CONFIG_EXTENSIONS,
+    WEIGHTS_DIR,
+    BundleChecks,
+    MissingSyntheticDataError,
+    bundle_on_path,
+    copy_bundle,
+    find_config,
+    is_bundle_source,
+    large_file_entries,
+    list_bundles,
+    load_bundle_checks,
+)
+from shared_networks.bundle.release import package_bundle
+from shared_networks.io import save_atomically
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES_DIR = REPO_ROOT / "bundles"
 # CI places the shared folder beside the repository; the schema is never copied into the project. Elsewhere the
 # schema is downloaded from the metadata's URL, or read from the folder MONAI_BUNDLE_SCHEMA_DIR names (offline use).
 SCHEMA_DIR_ENV_VAR = "MONAI_BUNDLE_SCHEMA_DIR"
 LOCAL_SCHEMA_DIR = Path(os.environ.get(SCHEMA_DIR_ENV_VAR) or REPO_ROOT.parent / "shared" / "schemas")
-# Per-bundle reduced settings for CPU CI (network_def / train / inference overrides, phantom data size).
-REDUCED_SETTINGS_DIR = REPO_ROOT / "ci" / "bundle_checks"
+# Per-bundle checks files (synthetic data generator, reduced network, config_consistency): the default search path.
+DEFAULT_CHECKS_DIR = REPO_ROOT / BUNDLE_CHECKS_DIR
 EXPECTED_SCHEMA = "meta_schema_20240725.json"
 
 logger = logging.getLogger("verify_bundles")
 
 PASS, FAIL, NOTE = "pass", "FAIL", "note"
 
-CONFIG_EXTENSIONS = (".json", ".yaml", ".yml")
 # Files every bundle of this collection must have (Model Zoo layout, research doc section 7 item 1).
 REQUIRED_FILES = ("LICENSE", "configs/metadata.json", "configs/logging.conf", "docs/README.md")
 REQUIRED_CONFIGS = ("train", "inference", "evaluate", "multi_gpu_train")
-# Model Zoo metadata keys that the 20240725 schema leaves optional but the Zoo asks for (CONTRIBUTING, CI until 2024-08).
+# Model Zoo metadata keys that the 20240725 schema leaves optional but the Zoo asks for (CONTRIBUTING, CI until
+# 2024-08).
 ZOO_METADATA_KEYS = (
     "name",
     "changelog",
@@ -86,8 +110,6 @@ README_SECTIONS = (
 )
 # The Model Zoo requires any file over 25 MB to be a large_files entry instead of a committed file.
 MAX_COMMITTED_FILE_BYTES = 25 * 1024 * 1024
-# Folders produced by running a bundle; never part of the bundle itself.
-RUNTIME_DIRS = ("models", "eval", "runs", "mlruns", "data", "__pycache__", ".ipynb_checkpoints")
 SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
 BARE_VERSION = re.compile(r"^\d+(\.\d+)*([ab]|rc|\.post|\.dev)?\d*$")
 # Text that must not appear in any config value: process calls, deserialisation, dynamic code beyond MONAI's `$`.
@@ -130,9 +152,10 @@ class CheckResult:
 
 @dataclass
 class BundleContext:
-    """Per-bundle state shared between checks: the bundle, its temp working copy, synthetic data, options."""
+    """Per-bundle state shared between checks: the bundle, its checks file, temp working copy, synthetic data."""
 
     bundle: Path
+    settings: BundleChecks
     max_side: int = DEFAULT_MAX_SIDE
     dataset_dir: Path | None = None
     net_override: dict = field(default_factory=dict)
@@ -163,30 +186,24 @@ class BundleContext:
     def workdir(self) -> Path:
         """A copy of the bundle whose ``models/model.pt`` exists: the shipped one, or the network's initial weights."""
         if self._workdir is None:
-            work = self.tmp_dir() / self.name
-            shutil.copytree(self.bundle, work, ignore=shutil.ignore_patterns(*RUNTIME_DIRS[1:]))
-            ckpt = work / "models" / "model.pt"
+            work = copy_bundle(self.bundle, self.tmp_dir() / self.name, weights=True)
+            ckpt = work / WEIGHTS_DIR / "model.pt"
             if ckpt.is_file():
                 self.weights_note = "shipped models/model.pt"
             else:
-                import torch
-
-                ckpt.parent.mkdir(parents=True, exist_ok=True)
-                net = build_network(self, work)
-                torch.save(net.state_dict(), ckpt)
+                save_atomically(build_network(self, work).state_dict(), ckpt)
                 self.weights_note = "no models/model.pt in the bundle: initial weights of network_def"
             self._workdir = work
         return self._workdir
 
     def synthetic_dataset(self) -> Path:
-        """A tiny BraTS-layout phantom dataset (or the user's ``--dataset_dir``) for workflow property checks."""
+        """The user's ``--dataset-dir``, else the synthetic data the bundle's checks file declares, for the workflow
+        property checks."""
         if self.dataset_dir is None:
-            from shared_networks.data.brats import generate_brats_phantoms
-
-            phantoms = reduced_settings(self.name).get("phantoms", {})
-            self.dataset_dir = self.tmp_dir() / "dataset"
-            generate_brats_phantoms(str(self.dataset_dir), num_cases=int(phantoms.get("num_cases", 5)),
-                                    shape=tuple(phantoms.get("shape", (32, 32, 32))), seed=0)
+            try:
+                self.dataset_dir = self.settings.make_synthetic_data(self.tmp_dir() / "dataset")
+            except MissingSyntheticDataError as e:
+                raise BundleCheckError(f"{e} (or pass --dataset-dir)") from e
         return self.dataset_dir
 
     def cleanup(self) -> None:
@@ -194,35 +211,6 @@ class BundleContext:
             self._tmp.cleanup()
             self._tmp = None
             self._workdir = None
-
-
-def list_bundles(bundles_dir: Path = BUNDLES_DIR) -> list[Path]:
-    """Every bundle folder (a folder holding ``configs/``) under ``bundles_dir``, sorted by name."""
-    if not bundles_dir.is_dir():
-        return []
-    return sorted(p for p in bundles_dir.iterdir() if p.is_dir() and (p / "configs").is_dir())
-
-
-def reduced_settings(bundle_name: str) -> dict:
-    """``ci/bundle_checks/<bundle_name>.yaml`` (reduced sizes for CPU CI) as a dict; empty when the file is absent."""
-    import yaml
-
-    path = REDUCED_SETTINGS_DIR / f"{bundle_name}.yaml"
-    if not path.is_file():
-        return {}
-    content = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(content, dict):
-        raise ValueError(f"{path} must hold a mapping (network_def, train, inference, phantoms)")
-    return content
-
-
-def find_config(bundle: Path, stem: str) -> Path | None:
-    """``configs/<stem>.json``, ``.yaml`` or ``.yml`` of ``bundle``, whichever exists first."""
-    for ext in CONFIG_EXTENSIONS:
-        path = bundle / "configs" / f"{stem}{ext}"
-        if path.is_file():
-            return path
-    return None
 
 
 def load_config_file(path: Path) -> Any:
@@ -277,21 +265,9 @@ def fake_spatial_shape(shape: Sequence[int | str], max_side: int) -> tuple[tuple
     return reduced, note
 
 
-@contextlib.contextmanager
-def bundle_on_path(bundle_root: Path) -> Iterator[None]:
-    """Put the bundle root first on ``sys.path`` (as ``ConfigWorkflow.run`` and the Zoo's PYTHONPATH do) so that
-    ``scripts.*`` targets import; a stale ``scripts`` module of another bundle is dropped before and after."""
-    for mod in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
-        del sys.modules[mod]
-    sys.path.insert(0, str(bundle_root))
-    try:
-        yield
-    finally:
-        sys.path.remove(str(bundle_root))
-
-
 def build_network(ctx: BundleContext, bundle_root: Path, config_stem: str = "inference") -> Any:
-    """Instantiate ``network_def`` of ``configs/<config_stem>`` (with ``--net-override`` values), in eval mode on CPU."""
+    """Instantiate ``network_def`` of ``configs/<config_stem>`` (with ``--net-override`` values), in eval mode on
+    CPU."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
@@ -318,11 +294,12 @@ def check_files(ctx: BundleContext) -> str:
     problems += [f"configs/{c}.json|yaml is missing" for c in REQUIRED_CONFIGS if find_config(ctx.bundle, c) is None]
     if (ctx.bundle / "LICENSE").is_file() and not (ctx.bundle / "LICENSE").read_text().strip():
         problems.append("LICENSE is empty")
-    listed = {os.path.normpath(str(e.get("path", ""))) for e in _large_file_entries(ctx.bundle)}
-    weights_missing = not (ctx.bundle / "models" / "model.pt").is_file() and "models/model.pt" not in listed
+    listed = {os.path.normpath(str(e.get("path", ""))) for e in _large_files(ctx.bundle)}
+    weights_missing = not (ctx.bundle / WEIGHTS_DIR / "model.pt").is_file() and "models/model.pt" not in listed
     for path in ctx.bundle.rglob("*"):
         rel = path.relative_to(ctx.bundle)
-        if path.is_file() and rel.parts[0] not in RUNTIME_DIRS and path.stat().st_size > MAX_COMMITTED_FILE_BYTES:
+        committed = path.is_file() and is_bundle_source(rel) and rel.parts[0] != WEIGHTS_DIR
+        if committed and path.stat().st_size > MAX_COMMITTED_FILE_BYTES:
             problems.append(f"{rel} is over 25 MB: list it in large_files.yml instead")
     if problems:
         raise BundleCheckError("; ".join(problems))
@@ -423,6 +400,119 @@ def check_config_lint(ctx: BundleContext) -> str:
     return f"{len(configs) - 1} configs clean"
 
 
+# sentinel for an id or argument that one config lacks
+_ABSENT = object()
+
+
+def _show(value: Any) -> str:
+    return "(absent)" if value is _ABSENT else repr(value)
+
+
+def _resolved_config(path: Path) -> Any:
+    """A ``ConfigParser`` of ``path`` with ``%`` macros and relative ids resolved, nothing instantiated."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(load_config_file(path))
+    parser.resolve_macro_and_relative_ids()
+    return parser
+
+
+def _differences(a: Any, b: Any, cid: str) -> list[tuple[str, Any, Any]]:
+    """``(id, a value, b value)`` for every leaf where the configs ``a`` and ``b`` (below ``cid``) differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for key in dict.fromkeys([*a, *b])
+                for d in _differences(a.get(key, _ABSENT), b.get(key, _ABSENT), f"{cid}#{key}")]
+    lists = isinstance(a, list) and isinstance(b, list) and len(a) == len(b)
+    if lists and any(isinstance(v, (dict, list)) for v in [*a, *b]):  # lists of plain values are shown whole
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{cid}#{i}")]
+    return [] if a == b else [(cid, a, b)]
+
+
+def _transform_list(parser: Any, cid: str, where: str) -> list:
+    """The transform list at ``cid``: a list, or a ``Compose`` of one, possibly behind ``@id`` references."""
+    value, seen = parser.get(cid, _ABSENT), {cid}
+    while True:
+        if isinstance(value, dict) and "transforms" in value:
+            value = value["transforms"]
+        elif isinstance(value, str) and value.startswith("@") and value[1:] not in seen:
+            seen.add(value[1:])
+            value = parser.get(value[1:], _ABSENT)
+        else:
+            break
+    if value is _ABSENT:
+        raise BundleCheckError(f"{where} has no id '{cid}' (declared under config_consistency#preprocessing)")
+    if not isinstance(value, list):
+        raise BundleCheckError(f"{where} {cid} must be a list of transforms or a Compose of one, got {_show(value)}")
+    return value
+
+
+def _keys_of(transform: dict) -> list:
+    keys = transform.get("keys", [])
+    return list(keys) if isinstance(keys, (list, tuple)) else [keys]
+
+
+def _for_key(value: Any, keys: list, key: Any) -> Any:
+    """The value a dictionary transform applies to ``key``: a list as long as ``keys`` holds one value per key."""
+    return value[keys.index(key)] if isinstance(value, list) and len(value) == len(keys) else value
+
+
+def _transform_differences(train: Any, infer: Any, train_id: str, infer_id: str) -> list[str]:
+    """How the inference transform ``infer`` differs from the train transform ``train``, once the per-key arguments
+    of ``train`` are projected onto the keys that ``infer`` transforms (``keys: [image, label]``, ``mode: [bilinear,
+    nearest]`` agrees with ``keys: image``, ``mode: bilinear``); every other argument must be equal."""
+    if not (isinstance(train, dict) and isinstance(infer, dict)):
+        return [] if train == infer else [f"{train_id} {_show(train)} != {infer_id} {_show(infer)}"]
+    target = train.get("_target_")
+    if infer.get("_target_") != target:
+        return [f"{train_id} is {target} but {infer_id} is {infer.get('_target_')}"]
+    train_keys, infer_keys = _keys_of(train), _keys_of(infer)
+    if any(k not in train_keys for k in infer_keys):
+        return [f"{infer_id}#keys ({target}) {infer_keys} are not among {train_id}#keys {train_keys}"]
+    problems = []
+    for arg in dict.fromkeys([*train, *infer]):
+        if arg in ("_target_", "keys"):
+            continue
+        a, b = train.get(arg, _ABSENT), infer.get(arg, _ABSENT)
+        projected = a is not _ABSENT and b is not _ABSENT and all(
+            _for_key(a, train_keys, k) == _for_key(b, infer_keys, k) for k in infer_keys)
+        if a != b and not projected:
+            problems.append(f"{train_id}#{arg} ({target}) {_show(a)} != {infer_id}#{arg} {_show(b)}")
+    return problems
+
+
+def check_config_consistency(ctx: BundleContext) -> str:
+    """The inference config repeats what it shares with the train config (each stays a standalone file for
+    ``monai.bundle.load``, MONAI Label and the one-file run command): ``network_def`` identical, the ids of the checks
+    file's ``config_consistency#same`` equal, and its ``preprocessing`` transform lists matching position by position
+    (train's per-key arguments projected onto the keys of the inference transform)."""
+    train_path, infer_path = ctx.config("train"), ctx.config("inference")
+    train, infer = _resolved_config(train_path), _resolved_config(infer_path)
+    declared = ctx.settings.config_consistency
+    problems = []
+    for cid in ["network_def", *declared["same"]]:
+        a, b = train.get(cid, _ABSENT), infer.get(cid, _ABSENT)
+        if a is _ABSENT and b is _ABSENT:
+            problems.append(f"{cid}: in neither {train_path.name} nor {infer_path.name}")
+        problems += [f"{where}: {train_path.name} {_show(x)} != {infer_path.name} {_show(y)}"
+                     for where, x, y in _differences(a, b, cid)]
+    agreed = ", ".join(["network_def", *declared["same"]])
+    pairs = declared["preprocessing"]
+    if pairs is not None:
+        train_list = _transform_list(train, pairs["train"], train_path.name)
+        infer_list = _transform_list(infer, pairs["inference"], infer_path.name)
+        if len(train_list) != len(infer_list):
+            problems.append(f"{train_path.name} {pairs['train']} has {len(train_list)} transforms but"
+                            f" {infer_path.name} {pairs['inference']} has {len(infer_list)}")
+        for i, (t, r) in enumerate(zip(train_list, infer_list)):
+            problems += _transform_differences(t, r, f"{train_path.name} {pairs['train']}#{i}",
+                                               f"{infer_path.name} {pairs['inference']}#{i}")
+        agreed += f"; {len(infer_list)} preprocessing transforms ({pairs['train']} ~ {pairs['inference']})"
+    if problems:
+        raise BundleCheckError(f"{infer_path.name} disagrees with {train_path.name}: " + "; ".join(problems))
+    where = f" ({ctx.settings.path.name})" if ctx.settings.path else " (no checks file: network_def only)"
+    return f"{agreed} agree{where}"
+
+
 def check_logging_conf(ctx: BundleContext) -> str:
     """``configs/logging.conf`` passes MONAI 1.6's ``fileConfig`` allowlist and the stdlib parser."""
     path = ctx.bundle / "configs" / "logging.conf"
@@ -445,21 +535,17 @@ def check_logging_conf(ctx: BundleContext) -> str:
     return "accepted by MONAI's allowlist"
 
 
-def _large_file_entries(bundle: Path) -> list[dict]:
-    for ext in CONFIG_EXTENSIONS:
-        path = bundle / f"large_files{ext}"
-        if path.is_file():
-            content = load_config_file(path)
-            entries = content.get("large_files") if isinstance(content, dict) else None
-            if not isinstance(entries, list):
-                raise BundleCheckError(f"{path.name} must hold a 'large_files:' list")
-            return entries
-    return []
+def _large_files(bundle: Path) -> list[dict]:
+    """The ``large_files.yml`` entries, a malformed file being a failed check."""
+    try:
+        return large_file_entries(bundle)[1]
+    except ValueError as e:
+        raise BundleCheckError(str(e)) from e
 
 
 def check_large_files(ctx: BundleContext) -> str:
     """``large_files.yml`` entries: relative in-bundle path, url, sha256 ``hash_val`` and explicit ``hash_type``."""
-    entries = _large_file_entries(ctx.bundle)
+    entries = _large_files(ctx.bundle)
     problems = []
     for i, entry in enumerate(entries):
         path = str(entry.get("path", ""))
@@ -644,18 +730,11 @@ def _readme_mentions(ctx: BundleContext, word: str) -> bool:
     return readme.is_file() and word.lower() in readme.read_text().lower()
 
 
-def _package_module() -> Any:
-    spec = importlib.util.spec_from_file_location("package_bundle", Path(__file__).with_name("package_bundle.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _check_load(ctx: BundleContext, workflow_type: str) -> tuple[str, str]:
     """``monai.bundle.load(..., workflow_type=...)`` on the release archive returns the network with the checkpoint's
     weights, with no dataset around.
 
-    ``load()`` builds the network only from ``configs/<workflow_type>.json``; ``ci/package_bundle.py`` adds those as
+    ``load()`` builds the network only from ``configs/<workflow_type>.json``; the release archive adds those as
     JSON twins of YAML configs, so the check runs on what ``download`` delivers: the archive, unpacked."""
     import torch
     from monai.bundle import load
@@ -665,7 +744,7 @@ def _check_load(ctx: BundleContext, workflow_type: str) -> tuple[str, str]:
     release = ctx.tmp_dir() / f"release_{workflow_type}"
     # the weights of the temp copy are stand-ins that large_files.yml does not describe: package without them and
     # put them where download_large_files would
-    archive = _package_module().package_bundle(work, release / "dist", models="no")
+    archive = package_bundle(work, release / "dist", models="no")
     with zipfile.ZipFile(archive) as zipped:
         zipped.extractall(release / "bundles")
     (release / "bundles" / ctx.name / "models").mkdir(exist_ok=True)
@@ -702,6 +781,7 @@ CHECKS: dict[str, Callable[[BundleContext], Any]] = {
     "metadata": check_metadata,
     "metadata_keys": check_metadata_keys,
     "config_lint": check_config_lint,
+    "config_consistency": check_config_consistency,
     "logging_conf": check_logging_conf,
     "large_files": check_large_files,
     "readme": check_readme,
@@ -760,14 +840,17 @@ def verify_bundle(
     max_side: int = DEFAULT_MAX_SIDE,
     dataset_dir: Path | None = None,
     net_override: dict | None = None,
+    checks_dirs: Sequence[Path] = (DEFAULT_CHECKS_DIR,),
 ) -> dict[str, CheckResult]:
-    """Run ``checks`` on one bundle folder and return ``{check: CheckResult}``."""
+    """Run ``checks`` on one bundle folder and return ``{check: CheckResult}``; the bundle's checks file is the first
+    ``<dir>/<bundle name>.yaml`` of ``checks_dirs``."""
     unknown = [c for c in checks if c not in CHECKS]
     if unknown:
         raise ValueError(f"unknown checks {unknown}; expected some of {list(CHECKS)}")
     if not (bundle / "configs").is_dir():
         raise FileNotFoundError(f"bundle folder {bundle} has no configs/ folder")
-    ctx = BundleContext(bundle=bundle, max_side=max_side, dataset_dir=dataset_dir, net_override=net_override or {})
+    ctx = BundleContext(bundle=bundle, settings=load_bundle_checks(bundle, checks_dirs), max_side=max_side,
+                        dataset_dir=dataset_dir, net_override=net_override or {})
     try:
         return {name: run_check(ctx, name) for name in checks}
     finally:
@@ -794,21 +877,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="largest side of the fake input for net_in_out/export (fixed metadata shapes above it are"
                              " reduced; default %(default)s)")
     parser.add_argument("--dataset-dir", type=Path, default=None,
-                        help="data for the workflow property checks (default: BraTS phantoms in a temp dir)")
+                        help="data for the workflow property checks (default: the synthetic data of the bundle's"
+                             " checks file, in a temp dir)")
     parser.add_argument("--net-override", default="{}",
                         help='JSON dict of network_def overrides, e.g. \'{"hidden_size": 64}\' (reduced network)')
     parser.add_argument("--reduced", action="store_true",
-                        help="use the network_def overrides of ci/bundle_checks/<bundle>.yaml (reduced network)")
+                        help="use the network_def overrides of the bundle's checks file (reduced network)")
+    parser.add_argument("--checks-dir", type=Path, action="append", default=None, metavar="DIR",
+                        help="folder of checks files <bundle>.yaml; repeatable, the first that has the bundle's wins"
+                             f" (default: {DEFAULT_CHECKS_DIR.relative_to(REPO_ROOT)})")
     parser.add_argument("-v", "--verbose", action="store_true", help="show MONAI's logs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    bundles = [Path(b) if os.sep in b or Path(b).is_dir() else BUNDLES_DIR / b for b in args.bundles] or list_bundles()
+    bundles = [Path(b) if os.sep in b or Path(b).is_dir() else BUNDLES_DIR / b for b in args.bundles]
+    bundles = bundles or list_bundles(BUNDLES_DIR)
     if not bundles:
         logger.error("no bundle folders found in %s", BUNDLES_DIR)
         return 1
     missing = [str(b) for b in bundles if not (b / "configs").is_dir()]
     if missing:
         parser.error(f"not bundle folders (no configs/): {missing}")
+    bundles = [b.resolve() for b in bundles]  # the folder name selects the checks file, also for "."
     try:
         net_override = json.loads(args.net_override)
     except json.JSONDecodeError as e:
@@ -816,11 +905,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     checks = [c.strip() for c in args.checks.split(",") if c.strip()]
     if not checks or any(c not in CHECKS for c in checks):
         parser.error(f"unknown checks in '{args.checks}'; expected some of {','.join(CHECKS)}")
+    checks_dirs = [d.resolve() for d in args.checks_dir or [DEFAULT_CHECKS_DIR]]
+    missing_dirs = [str(d) for d in checks_dirs if not d.is_dir()]
+    if missing_dirs:
+        parser.error(f"--checks-dir: not folders: {missing_dirs}")
+    try:  # a malformed checks file stops here, before any check runs
+        settings = {b: load_bundle_checks(b, checks_dirs) for b in bundles}
+    except ValueError as e:
+        parser.error(str(e))
     results = {}
     with _quiet_logs(args.verbose):
         for bundle in bundles:
-            override = {**(reduced_settings(bundle.name).get("network_def", {}) if args.reduced else {}), **net_override}
-            results[bundle.name] = verify_bundle(bundle.resolve(), checks, args.max_side, args.dataset_dir, override)
+            override = {**(settings[bundle].network_def if args.reduced else {}), **net_override}
+            results[bundle.name] = verify_bundle(bundle, checks, args.max_side, args.dataset_dir, override,
+                                                 checks_dirs)
     print(format_table(results))
     failed = [(b, c) for b, r in results.items() for c, res in r.items() if res.status == FAIL]
     print(f"\n{sum(len(r) for r in results.values()) - len(failed)} passed, {len(failed)} failed")

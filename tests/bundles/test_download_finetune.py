@@ -1,6 +1,9 @@
-# Copyright (c) the shared_networks authors. Licensed under the Apache License, Version 2.0.
-"""Release archive (ci/package_bundle.py), ``monai.bundle download`` from a local HTTP server, fine-tuning the
-downloaded bundle from its ``models/model.pt``, and hash checks of ``large_files.yml`` entries."""
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Release archive (``shared_networks.bundle.release``, CLI ``ci/package_bundle.py``), ``monai.bundle download`` from
+a local HTTP server, fine-tuning the downloaded bundle from its ``models/model.pt``, and hash checks of
+``large_files.yml`` entries."""
 
 from __future__ import annotations
 
@@ -15,93 +18,98 @@ import pytest
 import yaml
 from conftest import (
     CI_DIR,
+    bundle_checks,
     bundle_params,
     cli_overrides,
     copy_bundle,
-    import_ci_script,
-    make_phantoms,
-    reduced_settings,
+    list_weights,
+    make_synthetic_data,
     reduced_train_overrides,
     serve_directory,
     subprocess_env,
     write_initial_weights,
 )
 
-
-@pytest.fixture(scope="module")
-def package_bundle():
-    return import_ci_script("package_bundle")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
+from shared_networks.bundle.release import package_bundle, sha256_of
 
 # ---------------------------------------------------------------------------------------------------------------
-# package_bundle on the tiny bundle
+# package_bundle on copies of the fixture bundle (tests/fixtures/bundles/basic_unet_rgb_segmentation)
 # ---------------------------------------------------------------------------------------------------------------
 
 
 def _with_runtime_clutter(bundle: Path) -> None:
-    for rel in ("eval/metrics.csv", "runs/events.out", "data/case/x.nii.gz", "datalist.json", "scripts/__pycache__/a.pyc",
-                "mlruns/0/meta.yaml"):
+    for rel in ("eval/metrics.csv", "runs/events.out", "data/case/x.nii.gz", "datalist.json",
+                "scripts/__pycache__/a.pyc", "mlruns/0/meta.yaml"):
         (bundle / rel).parent.mkdir(parents=True, exist_ok=True)
         (bundle / rel).write_text("x")
 
 
-def test_package_layout_and_exclusions(package_bundle, tiny_bundle, tmp_path):
-    _with_runtime_clutter(tiny_bundle)
-    ckpt = tiny_bundle / "models" / "model.pt"
+def test_package_layout_and_exclusions(fixture_bundle, tmp_path):
+    _with_runtime_clutter(fixture_bundle)
+    ckpt = fixture_bundle / "models" / "model.pt"
     ckpt.parent.mkdir()
     ckpt.write_bytes(b"weights")
-    (tiny_bundle / "models" / "notes.txt").write_text("not a weight file")
-    content = yaml.safe_load((tiny_bundle / "large_files.yml").read_text())
-    content["large_files"][0]["hash_val"] = hashlib.sha256(b"weights").hexdigest()
-    (tiny_bundle / "large_files.yml").write_text(yaml.safe_dump(content))
+    (fixture_bundle / "models" / "notes.txt").write_text("not a weight file")
+    list_weights(fixture_bundle, hashlib.sha256(b"weights").hexdigest())
 
-    zip_path = package_bundle.package_bundle(tiny_bundle, tmp_path / "dist")
-    assert zip_path.name == "tiny_unet_segmentation_v0.1.0.zip"
+    name = fixture_bundle.name
+    zip_path = package_bundle(fixture_bundle, tmp_path / "dist")
+    assert zip_path.name == f"{name}_v0.1.0.zip"
     names = sorted(zipfile.ZipFile(zip_path).namelist())
-    assert {n.split("/")[0] for n in names} == {"tiny_unet_segmentation"}
+    assert {n.split("/")[0] for n in names} == {name}
     assert names == sorted(
-        f"tiny_unet_segmentation/{rel}"
+        f"{name}/{rel}"
         for rel in ("LICENSE", "docs/README.md", "models/model.pt", "configs/metadata.json", "configs/logging.conf",
                     "configs/train.yaml", "configs/evaluate.yaml", "configs/inference.yaml",
-                    "configs/multi_gpu_train.yaml", "configs/train.json", "configs/inference.json")
+                    "configs/multi_gpu_train.yaml", "configs/train.json", "configs/inference.json",
+                    "scripts/__init__.py", "scripts/synthetic.py")
     )  # clutter excluded; large_files.yml dropped because every listed file is inside (Model Zoo release rule)
-    assert zipfile.ZipFile(zip_path).read("tiny_unet_segmentation/models/model.pt") == b"weights"
+    assert zipfile.ZipFile(zip_path).read(f"{name}/models/model.pt") == b"weights"
     # the JSON twins that monai.bundle.load(workflow_type=...) reads hold exactly the YAML's content
     for stem in ("train", "inference"):
-        twin = json.loads(zipfile.ZipFile(zip_path).read(f"tiny_unet_segmentation/configs/{stem}.json"))
-        assert twin == yaml.safe_load((tiny_bundle / "configs" / f"{stem}.yaml").read_text())
+        twin = json.loads(zipfile.ZipFile(zip_path).read(f"{name}/configs/{stem}.json"))
+        assert twin == yaml.safe_load((fixture_bundle / "configs" / f"{stem}.yaml").read_text())
     # deterministic: a second build is byte-identical
-    again = package_bundle.package_bundle(tiny_bundle, tmp_path / "dist2")
-    assert _sha256(again) == _sha256(zip_path)
+    again = package_bundle(fixture_bundle, tmp_path / "dist2")
+    assert sha256_of(again) == sha256_of(zip_path)
 
 
-def test_package_without_models_keeps_large_files(package_bundle, tiny_bundle, tmp_path):
-    zip_path = package_bundle.package_bundle(tiny_bundle, tmp_path, models="no")
+def test_package_without_models_keeps_large_files(fixture_bundle, tmp_path):
+    list_weights(fixture_bundle, "0" * 64)
+    zip_path = package_bundle(fixture_bundle, tmp_path, models="no")
     names = zipfile.ZipFile(zip_path).namelist()
-    assert "tiny_unet_segmentation/large_files.yml" in names
+    assert f"{fixture_bundle.name}/large_files.yml" in names
     assert not any("/models/" in n for n in names)
     with pytest.raises(FileNotFoundError, match="model.pt"):
-        package_bundle.package_bundle(tiny_bundle, tmp_path, models="yes")
+        package_bundle(fixture_bundle, tmp_path, models="yes")
 
 
-def test_package_refuses_bad_input(package_bundle, tiny_bundle, tmp_path):
-    (tiny_bundle / "models").mkdir()
-    (tiny_bundle / "models" / "model.pt").write_bytes(b"not the weights large_files.yml describes")
+def test_package_refuses_bad_input(fixture_bundle, tmp_path):
+    list_weights(fixture_bundle, hashlib.sha256(b"the published weights").hexdigest())
+    (fixture_bundle / "models").mkdir()
+    (fixture_bundle / "models" / "model.pt").write_bytes(b"not the weights large_files.yml describes")
     with pytest.raises(ValueError, match="sha256"):
-        package_bundle.package_bundle(tiny_bundle, tmp_path)
+        package_bundle(fixture_bundle, tmp_path)
     with pytest.raises(ValueError, match="models must be one of"):
-        package_bundle.package_bundle(tiny_bundle, tmp_path, models="maybe")
-    meta = json.loads((tiny_bundle / "configs" / "metadata.json").read_text())
-    (tiny_bundle / "configs" / "metadata.json").write_text(json.dumps({**meta, "version": "1.0"}))
+        package_bundle(fixture_bundle, tmp_path, models="maybe")
+    meta = json.loads((fixture_bundle / "configs" / "metadata.json").read_text())
+    (fixture_bundle / "configs" / "metadata.json").write_text(json.dumps({**meta, "version": "1.0"}))
     with pytest.raises(ValueError, match="X.Y.Z"):
-        package_bundle.package_bundle(tiny_bundle, tmp_path, models="no")
+        package_bundle(fixture_bundle, tmp_path, models="no")
     with pytest.raises(FileNotFoundError, match="not a bundle"):
-        package_bundle.package_bundle(tmp_path, tmp_path)
+        package_bundle(tmp_path, tmp_path)
     assert not list(tmp_path.glob("*.zip")) and not list(tmp_path.glob(".*.zip.*"))  # nothing half-written
+
+
+def test_package_cli(fixture_bundle, tmp_path):
+    cmd = [sys.executable, str(CI_DIR / "package_bundle.py"), str(fixture_bundle), "--output-dir", str(tmp_path)]
+    ok = subprocess.run(cmd + ["--models", "no"], capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert Path(ok.stdout.strip()) == tmp_path / f"{fixture_bundle.name}_v0.1.0.zip"
+    assert f"sha256 {sha256_of(tmp_path / f'{fixture_bundle.name}_v0.1.0.zip')}" in ok.stderr
+    refused = subprocess.run(cmd + ["--models", "yes"], capture_output=True, text=True, env=subprocess_env(),
+                             timeout=300)
+    assert refused.returncode == 1 and "error: models='yes', but" in refused.stderr, refused.stderr
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -132,14 +140,14 @@ def test_download_and_finetune(bundle: Path, tmp_path: Path):
     assert download.returncode == 0, download.stdout[-3000:] + download.stderr[-3000:]
     downloaded = downloads / bundle.name
     assert (downloaded / "configs" / "metadata.json").is_file()
-    assert _sha256(downloaded / "models" / "model.pt") == _sha256(weights)
+    assert sha256_of(downloaded / "models" / "model.pt") == sha256_of(weights)
 
     # monai.bundle.load builds the network from the downloaded bundle's configs, with the downloaded weights, and
     # needs no dataset for it
     import torch
     from monai.bundle import load
 
-    net_override = reduced_settings(bundle).get("network_def", {})
+    net_override = bundle_checks(bundle).network_def
     expected = torch.load(weights, weights_only=True)
     for workflow_type in ("train", "inference"):
         with pytest.warns(UserWarning):  # MONAI 1.6 warns that bundle configs run code
@@ -149,7 +157,7 @@ def test_download_and_finetune(bundle: Path, tmp_path: Path):
         assert net.state_dict().keys() == expected.keys()
         assert all(torch.equal(net.state_dict()[k], expected[k]) for k in expected)
 
-    dataset = make_phantoms(bundle, tmp_path / "dataset")
+    dataset = make_synthetic_data(bundle, tmp_path / "dataset")
     overrides = {**reduced_train_overrides(bundle), "bundle_root": str(downloaded), "dataset_dir": str(dataset),
                  "finetune": True}
     train_config = next((downloaded / "configs").glob("train.*"))
@@ -181,7 +189,7 @@ def test_large_file_hash_mismatch_is_refused(bundle: Path, tmp_path: Path):
     listed = yaml.safe_load((release / "large_files.yml").read_text())["large_files"] if (
         release / "large_files.yml").is_file() else []
     assert [e["hash_type"] for e in listed] == ["sha256"] * len(listed)
-    entry = {"path": "models/model.pt", "hash_val": _sha256(weights), "hash_type": "sha256"}
+    entry = {"path": "models/model.pt", "hash_val": sha256_of(weights), "hash_type": "sha256"}
     weights.unlink()
     with serve_directory(served) as base_url:
         for name, expect_ok in (("tampered.pt", False), ("model.pt", True)):
@@ -189,7 +197,7 @@ def test_large_file_hash_mismatch_is_refused(bundle: Path, tmp_path: Path):
                 yaml.safe_dump({"large_files": [{**entry, "url": f"{base_url}/{name}"}]}))
             if expect_ok:
                 download_large_files(bundle_path=str(release))
-                assert _sha256(release / "models" / "model.pt") == entry["hash_val"]
+                assert sha256_of(release / "models" / "model.pt") == entry["hash_val"]
             else:
                 with pytest.raises(HashCheckError, match="sha256 hash check of downloaded file failed"):
                     download_large_files(bundle_path=str(release))

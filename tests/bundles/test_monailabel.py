@@ -1,4 +1,6 @@
-# Copyright (c) the shared_networks authors. Licensed under the Apache License, Version 2.0.
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """Every segmentation bundle served by MONAI Label's ``monaibundle`` app (monailabel 0.8.5, own env made by
 ``ci/setup_monailabel.sh``) from a local folder: ``/info/`` lists the labels of ``channel_def``, ``/infer/<bundle>``
 with an uploaded image returns a label volume on the input's grid, and ``/train/<bundle>`` fine-tunes the served
@@ -23,14 +25,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO_ROOT, bundle_params, copy_bundle, free_port, make_phantoms, reduced_settings, \
-    subprocess_env, write_initial_weights
+from conftest import (
+    REPO_ROOT,
+    bundle_checks,
+    bundle_params,
+    copy_bundle,
+    free_port,
+    make_synthetic_data,
+    subprocess_env,
+    write_initial_weights,
+)
 
 MONAILABEL_VENV = Path(os.environ.get("MONAILABEL_VENV", REPO_ROOT / ".venv-monailabel"))
 MONAILABEL = MONAILABEL_VENV / "bin" / "monailabel"
 VENV_PYTHON = MONAILABEL_VENV / "bin" / "python"
 TRAIN_CASES = 3  # MONAI Label splits them 2 / 1 with val_split 0.34
-UPLOAD_SHAPE = (40, 36, 32)  # not cubic, so a mixed-up axis order shows
+UPLOAD_PADDING = (8, 4, 0)  # zeros after the end of each axis of the upload: not cubic, so a mixed-up axis order shows
 UPLOAD_SPACING = (1.0, 1.0, 1.25)  # not the bundle's 1 mm: Spacingd and its inverse both run
 
 pytestmark = [pytest.mark.monailabel, pytest.mark.slow]
@@ -81,15 +91,15 @@ def _reduce_configs(bundle_copy: Path) -> None:
     """MONAI Label builds ``network_def`` from the bundle's own configs, so write the reduced sizes into the copy.
     A ``finetune`` switch of the train config is turned on: MONAI Label then trains from the served ``model.pt``
     (it does not add its own loader when the bundle has a ``CheckpointLoader``, see docs/monailabel.md)."""
-    settings = reduced_settings(bundle_copy)
+    checks = bundle_checks(bundle_copy)
     for stem in ("inference", "train"):
         # every copy of the config (MONAI Label reads the JSON one first when a release carries both)
         paths = [p for p in (bundle_copy / "configs").glob(f"{stem}.*") if p.suffix in (".json", ".yaml", ".yml")]
         assert paths, f"{bundle_copy.name} has no configs/{stem}.json|yaml"
         for path in paths:
             content = (json.loads if path.suffix == ".json" else yaml.safe_load)(path.read_text())
-            content["network_def"].update(settings.get("network_def", {}))
-            content.update({k: v for k, v in settings.get(stem, {}).items() if k in content})
+            content["network_def"].update(checks.network_def)
+            content.update({k: v for k, v in getattr(checks, stem).items() if k in content})
             if stem == "train" and "finetune" in content:
                 content["finetune"] = True
             path.write_text(json.dumps(content, indent=2) if path.suffix == ".json"
@@ -104,18 +114,38 @@ def _metadata(bundle: Path) -> tuple[dict, dict]:
     return image["channel_def"], pred["channel_def"]
 
 
-def _stack_case(case_dir: Path, channel_def: dict, affine: np.ndarray | None = None):
-    """One BraTS-layout case as a single channel-last NIfTI in the bundle's input channel order (MONAI Label serves
-    one image file per case), plus its label map; ``affine`` replaces the case's own."""
-    import nibabel as nib
+def _labelled_cases(bundle_copy: Path, dataset: Path, scratch: Path) -> list[dict]:
+    """The labelled cases of ``dataset`` as the bundle's train config lists them: its ``datalist`` resolved with
+    ``dataset_dir`` = ``dataset`` (and ``bundle_root`` = ``scratch``, where a datalist file may be written), every
+    split of a split datalist, sorted by label file."""
+    from monai.bundle import ConfigParser
 
-    case = case_dir.name
-    channels = [nib.load(str(case_dir / f"{case}-{channel_def[str(i)]}.nii.gz")) for i in range(len(channel_def))]
-    affine = channels[0].affine if affine is None else affine
-    image = nib.Nifti1Image(np.stack([np.asarray(c.dataobj, dtype=np.float32) for c in channels], axis=-1), affine)
-    seg = nib.load(str(case_dir / f"{case}-seg.nii.gz"))
-    label = nib.Nifti1Image(np.asarray(seg.dataobj, dtype=np.uint8), affine)
-    return image, label
+    parser = ConfigParser()
+    parser.read_config(str(next((bundle_copy / "configs").glob("train.*"))))
+    parser["bundle_root"] = str(scratch)
+    parser["dataset_dir"] = str(dataset)
+    datalist = parser.get_parsed_content("datalist")
+    items = [item for split in datalist.values() for item in split] if isinstance(datalist, dict) else datalist
+    return sorted(items, key=lambda item: str(item["label"]))
+
+
+def _as_single_files(item: dict, padding: tuple[int, ...] = (0, 0, 0), spacing: tuple[float, ...] | None = None):
+    """One datalist case as a single channel-last NIfTI (MONAI Label serves one image file per case; a list of
+    files is stacked as channels in the datalist's order, which is the bundle's input order) and its label map.
+    ``padding`` appends zeros after the end of each spatial axis; ``spacing`` rescales the voxel axes of the affine."""
+    import nibabel as nib
+    from monai.transforms import LoadImage
+
+    image = LoadImage(image_only=True, ensure_channel_first=True)(item["image"])
+    label = LoadImage(image_only=True)(item["label"])
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if spacing is not None:
+        affine = affine @ np.diag([*spacing, 1.0])
+    pad = [(0, p) for p in padding]
+    channels_last = np.moveaxis(np.asarray(image, dtype=np.float32), 0, -1)
+    image_file = nib.Nifti1Image(np.pad(channels_last, [*pad, (0, 0)]), affine)
+    label_file = nib.Nifti1Image(np.pad(np.asarray(label, dtype=np.uint8), pad), affine)
+    return image_file, label_file
 
 
 def _multipart(fields: dict[str, str], files: dict[str, Path]) -> tuple[bytes, str]:
@@ -145,7 +175,7 @@ class Served:
     server: subprocess.Popen
     log: Path
     initial_weights: Path  # a copy of the weights the server started with
-    upload: Path  # 4-channel NIfTI to upload for /infer
+    upload: Path  # the image to upload for /infer: one NIfTI holding all input channels
     tmp: Path
 
     def log_tail(self) -> str:
@@ -168,13 +198,11 @@ def _wait_for(url: str, server: subprocess.Popen, log: Path, timeout: float = 60
 @pytest.fixture(scope="module", params=bundle_params())
 def served(request, monailabel_bin: Path, scan_backend: str,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """The bundle (reduced, initial weights) in a fresh ``monaibundle`` app, with a datastore of labelled synthetic
-    BraTS cases, served on 127.0.0.1."""
+    """The bundle (reduced, initial weights) in a fresh ``monaibundle`` app, with a datastore of labelled cases of
+    the bundle's synthetic data, served on 127.0.0.1."""
     import shutil
 
     import nibabel as nib
-
-    from shared_networks.data.brats import phantom_affine
 
     bundle: Path = request.param
     tmp = tmp_path_factory.mktemp(f"monailabel_{bundle.name}")
@@ -189,21 +217,19 @@ def served(request, monailabel_bin: Path, scan_backend: str,
     initial_weights = tmp / "initial_model.pt"
     shutil.copy2(weights, initial_weights)
 
-    # datastore: <studies>/<case>.nii.gz (4 channels) and <studies>/labels/final/<case>.nii.gz
-    in_channels, _ = _metadata(bundle)
+    # datastore: <studies>/case_<i>.nii.gz (all input channels) and <studies>/labels/final/case_<i>.nii.gz
+    dataset = make_synthetic_data(bundle, tmp / "synthetic", num_cases=TRAIN_CASES + 1)
+    cases = _labelled_cases(served_copy, dataset, tmp)
+    assert len(cases) == TRAIN_CASES + 1, cases
     studies = tmp / "studies"
     (studies / "labels" / "final").mkdir(parents=True)
-    for case_dir in sorted(p for p in make_phantoms(bundle, tmp / "phantoms", num_cases=TRAIN_CASES).iterdir()
-                           if p.is_dir()):
-        image, label = _stack_case(case_dir, in_channels)
-        nib.save(image, str(studies / f"{case_dir.name}.nii.gz"))
-        nib.save(label, str(studies / "labels" / "final" / f"{case_dir.name}.nii.gz"))
-    # upload: an unseen phantom on an anisotropic, flipped, shifted grid
-    from shared_networks.data.brats import generate_brats_phantoms
-
-    upload_case = Path(generate_brats_phantoms(str(tmp / "upload"), num_cases=1, shape=UPLOAD_SHAPE, seed=7)[0])
-    affine = phantom_affine(UPLOAD_SHAPE) @ np.diag([*UPLOAD_SPACING, 1.0])
-    image, _ = _stack_case(upload_case, in_channels, affine=affine)
+    for i, item in enumerate(cases[:TRAIN_CASES]):
+        image, label = _as_single_files(item)
+        nib.save(image, str(studies / f"case_{i}.nii.gz"))
+        nib.save(label, str(studies / "labels" / "final" / f"case_{i}.nii.gz"))
+    # upload: the case left out of the datastore, padded to a non-cubic shape, on an anisotropic grid
+    image, _ = _as_single_files(cases[-1], padding=UPLOAD_PADDING, spacing=UPLOAD_SPACING)
+    assert len(set(image.shape[:3])) == 3, image.shape
     upload = tmp / "upload_image.nii.gz"
     nib.save(image, str(upload))
 
@@ -251,7 +277,7 @@ def test_infer_uploaded_image_returns_label_volume_on_input_grid(served: Served)
     pred_image = nib.load(str(pred_path))
     source = nib.load(str(served.upload))
     pred = np.asarray(pred_image.dataobj)
-    assert pred.shape == source.shape[:3] == UPLOAD_SHAPE, (pred.shape, source.shape)
+    assert pred.shape == source.shape[:3], (pred.shape, source.shape)
     np.testing.assert_allclose(pred_image.affine, source.affine, atol=1e-4)
     _, out_channels = _metadata(served.bundle)
     assert np.issubdtype(pred.dtype, np.integer) or np.array_equal(pred, np.round(pred)), pred.dtype
@@ -300,4 +326,4 @@ def test_train_fine_tunes_and_rewrites_model_pt(served: Served):
     body, content_type = _multipart({"params": json.dumps({"device": "cpu"})}, {"file": served.upload})
     result = _post(f"{served.base_url}/infer/{served.bundle.name}?output=image", body, content_type, timeout=900)
     (served.tmp / "pred_after_train.nii.gz").write_bytes(result)
-    assert nib.load(str(served.tmp / "pred_after_train.nii.gz")).shape == UPLOAD_SHAPE
+    assert nib.load(str(served.tmp / "pred_after_train.nii.gz")).shape == nib.load(str(served.upload)).shape[:3]

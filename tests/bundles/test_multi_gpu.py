@@ -1,5 +1,8 @@
-# Copyright (c) the shared_networks authors. Licensed under the Apache License, Version 2.0.
-"""``configs/multi_gpu_train`` merged onto ``configs/train`` runs under ``torchrun --nproc_per_node 2`` on CPU (gloo)."""
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""``configs/multi_gpu_train`` merged onto ``configs/train`` runs under ``torchrun --nproc_per_node 2`` on CPU
+(gloo)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from conftest import (
     cli_overrides,
     copy_bundle,
     free_port,
-    make_phantoms,
+    make_synthetic_data,
     reduced_train_overrides,
     subprocess_env,
 )
@@ -23,8 +26,9 @@ from conftest import (
 @pytest.mark.parametrize("bundle", bundle_params())
 def test_multi_gpu_config_runs_two_processes_on_cpu(bundle: Path, tmp_path: Path):
     work = copy_bundle(bundle, tmp_path)
-    # 20 cases: the 70/10/20 split gives 2 validation cases, one per rank (DistributedSampler needs >= 1 per rank)
-    dataset = make_phantoms(bundle, tmp_path / "dataset", num_cases=20)
+    # 20 cases: enough for a validation case per rank (DistributedSampler needs >= 1 per rank), e.g. 2 of the
+    # 70/10/20 split of segmamba_brats
+    dataset = make_synthetic_data(bundle, tmp_path / "dataset", num_cases=20)
     configs = [str(next((work / "configs").glob(f"{stem}.*"))) for stem in ("train", "multi_gpu_train")]
     overrides = {**reduced_train_overrides(bundle), "bundle_root": str(work), "dataset_dir": str(dataset)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",

@@ -1,4 +1,6 @@
-# Copyright (c) the shared_networks authors. Licensed under the Apache License, Version 2.0.
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """Resilience: a bundle training run killed with SIGKILL mid-epoch resumes with ``--resume true`` from its last
 training-state checkpoint, reaches the same final epoch and loses at most the interrupted epoch."""
 
@@ -12,7 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import bundle_params, cli_overrides, copy_bundle, make_phantoms, reduced_train_overrides, subprocess_env
+from conftest import (
+    bundle_params,
+    cli_overrides,
+    copy_bundle,
+    make_synthetic_data,
+    reduced_train_overrides,
+    subprocess_env,
+)
 
 EPOCHS = 4
 RESUMED = re.compile(r"Resumed training from '.*' at epoch (\d+)")
@@ -23,7 +32,7 @@ SAVED = re.compile(r"Saved the training state of epoch (\d+)")
 @pytest.mark.parametrize("bundle", bundle_params())
 def test_sigkill_then_resume(bundle: Path, tmp_path: Path):
     work = copy_bundle(bundle, tmp_path)
-    dataset = make_phantoms(bundle, tmp_path / "dataset")
+    dataset = make_synthetic_data(bundle, tmp_path / "dataset")
     overrides = {**reduced_train_overrides(bundle), "bundle_root": str(work), "dataset_dir": str(dataset),
                  "epochs": EPOCHS, "val_interval": EPOCHS}
     state_file = work / "models" / "checkpoint_last.pt"
@@ -36,7 +45,8 @@ def test_sigkill_then_resume(bundle: Path, tmp_path: Path):
         # wait for the first epoch's training state, then kill mid-way through the next epoch
         while not SAVED.search(log_path.read_text()) and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert first.poll() is None, "the first run ended before it could be interrupted:\n" + log_path.read_text()[-4000:]
+        assert first.poll() is None, ("the first run ended before it could be interrupted:\n"
+                                      + log_path.read_text()[-4000:])
         assert state_file.is_file(), log_path.read_text()[-4000:]
         time.sleep(2.0)
         first.send_signal(signal.SIGKILL)

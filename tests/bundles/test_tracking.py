@@ -1,12 +1,14 @@
-# Copyright (c) the shared_networks authors. Licensed under the Apache License, Version 2.0.
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """Experiment tracking: ``python -m monai.bundle run --config_file configs/train.yaml --tracking mlflow``, run from the
 bundle folder as the bundle README says, records the run in a local store that the MLflow client can read back.
 
-For every bundle in ``bundles/``: one reduced epoch on phantom data with MONAI's default tracking settings (MONAI 1.6:
-SQLite store ``<output_dir>/mlruns.db``, artifacts in ``<output_dir>/mlruns``), then the store is opened with
-``mlflow.MlflowClient`` and the run must hold the real training loss per iteration, the validation metrics the bundle
-defines (Dice in [0, 1]), the trainer parameters and the executed config. Needs the ``tracking`` extra
-(mlflow-skinny + SQLAlchemy + Alembic), which the ``test`` extra includes.
+For every bundle in ``bundles/``: one reduced epoch on the synthetic data of its checks file with MONAI's default
+tracking settings (MONAI 1.6: SQLite store ``<output_dir>/mlruns.db``, artifacts in ``<output_dir>/mlruns``), then the
+store is opened with ``mlflow.MlflowClient`` and the run must hold the real training loss per iteration, the
+validation metrics the bundle defines (Dice in [0, 1]), the trainer parameters and the executed config. Needs the
+``tracking`` extra (mlflow-skinny + SQLAlchemy + Alembic), which the ``test`` extra includes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from conftest import bundle_params, cli_overrides, copy_bundle, make_phantoms, reduced_train_overrides, subprocess_env
+from conftest import (
+    bundle_params,
+    cli_overrides,
+    copy_bundle,
+    make_synthetic_data,
+    reduced_train_overrides,
+    subprocess_env,
+)
 
 EXPERIMENT = "monai_experiment"  # experiment_name of MONAI's `--tracking mlflow` settings
 TRAIN_LOSS = "train_loss"  # tag_name of MONAI's trainer MLFlowHandler (logged every iteration)
@@ -54,7 +63,7 @@ def _finite(values: list[float]) -> bool:
 @pytest.mark.parametrize("bundle", bundle_params())
 def test_tracking_mlflow_records_local_run(bundle: Path, tmp_path: Path):
     work = copy_bundle(bundle, tmp_path)
-    dataset = make_phantoms(bundle, tmp_path / "dataset")
+    dataset = make_synthetic_data(bundle, tmp_path / "dataset")
     config = next((work / "configs").glob("train.*"))
     output_dir, metrics = _train_setup(config, work)
     assert any(is_val and is_dice for is_val, is_dice in metrics.values()), f"no validation Dice in {config.name}"

@@ -1,6 +1,9 @@
-# Copyright (c) the shared_networks authors. Licensed under the Apache License, Version 2.0.
-"""Model Zoo checks (ci/verify_bundles.py) on every bundle in bundles/, and tests that the checker itself catches
-each kind of defect, using a tiny throwaway bundle."""
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Model Zoo checks (ci/verify_bundles.py) on every bundle in bundles/ and on the fixture bundle
+tests/fixtures/bundles/basic_unet_rgb_segmentation (2D RGB PNG, MONAI BasicUNet), and tests that the checker itself
+catches each kind of defect, on throwaway copies of the fixture bundle."""
 
 from __future__ import annotations
 
@@ -11,13 +14,27 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CI_DIR, SCHEMA_FILE, bundle_params, metadata_schema_available, subprocess_env
+from conftest import (
+    CHECKS_DIR,
+    CHECKS_DIRS,
+    CI_DIR,
+    FIXTURE_BUNDLE,
+    FIXTURE_CHECKS_DIR,
+    REPO_ROOT,
+    SCHEMA_FILE,
+    bundle_checks,
+    bundle_params,
+    list_weights,
+    metadata_schema_available,
+    subprocess_env,
+)
 
 CHECK_NAMES = (
     "files",
     "metadata",
     "metadata_keys",
     "config_lint",
+    "config_consistency",
     "logging_conf",
     "large_files",
     "readme",
@@ -36,10 +53,10 @@ def _bundle_results(verify_bundles, bundle: Path) -> dict:
     """All checks of one bundle, run once per session. ``net_in_out`` uses the bundle's full network (as the Zoo);
     the checks that export, save or train it use the reduced network of ``ci/bundle_checks/<bundle>.yaml``."""
     if bundle not in _results_cache:
-        reduced = verify_bundles.reduced_settings(bundle.name).get("network_def", {})
+        reduced = bundle_checks(bundle).network_def
         checks = [c for c in CHECK_NAMES if c != "net_in_out"]
-        results = verify_bundles.verify_bundle(bundle, checks, net_override=reduced)
-        results.update(verify_bundles.verify_bundle(bundle, ["net_in_out"]))
+        results = verify_bundles.verify_bundle(bundle, checks, net_override=reduced, checks_dirs=CHECKS_DIRS)
+        results.update(verify_bundles.verify_bundle(bundle, ["net_in_out"], checks_dirs=CHECKS_DIRS))
         _results_cache[bundle] = results
     return _results_cache[bundle]
 
@@ -64,7 +81,7 @@ def test_bundle_passes_zoo_check(verify_bundles, bundle: Path, check: str):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the checker itself, on the tiny bundle
+# the fixture bundle passes every check; the checker itself, on copies of the fixture bundle
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -87,39 +104,86 @@ def _edit_metadata(bundle: Path, edit) -> None:
     path.write_text(json.dumps(meta, indent=4) + "\n")
 
 
-def test_tiny_bundle_passes_every_check(verify_bundles, tiny_bundle, tiny_dataset):
-    results = verify_bundles.verify_bundle(tiny_bundle, dataset_dir=tiny_dataset)
-    failed = {c: r.detail for c, r in results.items() if r.status == verify_bundles.FAIL}
+def _table_rows(stdout: str) -> dict[tuple[str, str], tuple[str, str]]:
+    """``{(bundle, check): (status, detail)}`` from the table ``verify_bundles.py`` prints."""
+    rows = {}
+    for line in stdout.splitlines():
+        parts = line.split(None, 4)
+        if len(parts) >= 4 and parts[1] in CHECK_NAMES and parts[3].endswith("s"):
+            rows[(parts[0], parts[1])] = (parts[2], parts[4] if len(parts) == 5 else "")
+    return rows
+
+
+def test_fixture_bundle_passes_every_check():
+    # the documented command: the fixture bundle lives outside bundles/ and brings its checks file from elsewhere
+    cmd = [sys.executable, str(CI_DIR / "verify_bundles.py"), str(FIXTURE_BUNDLE.relative_to(REPO_ROOT)),
+           "--checks-dir", str(CHECKS_DIR.relative_to(REPO_ROOT)),
+           "--checks-dir", str(FIXTURE_CHECKS_DIR.relative_to(REPO_ROOT)), "--reduced"]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=600, cwd=REPO_ROOT)
+    rows = _table_rows(run.stdout)
+    name = FIXTURE_BUNDLE.name
+    assert sorted(check for bundle, check in rows if bundle == name) == sorted(CHECK_NAMES), run.stdout[-3000:]
     if not metadata_schema_available():  # offline without the schema copy: only that check fails, and says why
-        assert "MONAI_BUNDLE_SCHEMA_DIR" in failed.pop("metadata", "")
-    assert not failed
-    # the UNet scripts; the metadata validates against the offline schema when CI has it
-    assert results["export"].status == verify_bundles.PASS and "script" in results["export"].detail
+        status, detail = rows.pop((name, "metadata"))
+        assert status == "FAIL" and "MONAI_BUNDLE_SCHEMA_DIR" in detail, detail
+        pytest.skip(f"{SCHEMA_FILE.name}: no offline copy at {SCHEMA_FILE.parent} and no network to download it")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert f"{len(CHECK_NAMES)} passed, 0 failed" in run.stdout
+    # the one note segmamba_brats has too: no published weights (test_listed_weights_pass_files lists them)
+    assert rows.pop((name, "files")) == (
+        "note", "layout complete; no weights: models/model.pt is neither present nor listed in large_files.yml")
+    assert {check: status for (_, check), (status, _) in rows.items()} == dict.fromkeys(
+        [c for c in CHECK_NAMES if c != "files"], "pass"), run.stdout[-3000:]
+    # the BasicUNet scripts; the synthetic PNGs feed the workflow checks; train and inference repeat each other
+    assert "TorchScript script via ckpt_export" in rows[(name, "export")][1]
+    assert "train+evaluate: all train properties" in rows[(name, "properties_train")][1]
+    assert "network_def, patch_size; 5 preprocessing transforms" in rows[(name, "config_consistency")][1]
     if SCHEMA_FILE.is_file():
-        assert "offline schema" in results["metadata"].detail
-    # no model.pt in the tiny bundle, but it is listed in large_files.yml
-    assert results["files"].status == verify_bundles.PASS
+        assert "offline schema" in rows[(name, "metadata")][1]
     # YAML configs: monai.bundle.load(workflow_type=...) reads configs/<type>.json only; the release archive has twins
     for check in ("load_train", "load_inference"):
-        assert "on the release archive returns" in results[check].detail
+        assert "on the release archive returns BasicUNet" in rows[(name, check)][1]
+    assert not list(FIXTURE_BUNDLE.rglob("__pycache__")), "the checks wrote into the bundle folder"
 
 
-def test_load_fails_when_initialize_needs_the_dataset(verify_bundles, tiny_bundle, tiny_dataset):
+def test_listed_weights_pass_files(verify_bundles, fixture_bundle):
+    list_weights(fixture_bundle, "0" * 64)
+    results = verify_bundles.verify_bundle(fixture_bundle, ["files", "large_files"], checks_dirs=CHECKS_DIRS)
+    assert {c: (r.status, r.detail) for c, r in results.items()} == {
+        "files": (verify_bundles.PASS, "layout complete"),
+        "large_files": (verify_bundles.PASS, "1 entries with sha256"),
+    }
+
+
+def test_checks_that_need_data_name_the_missing_checks_file(verify_bundles, fixture_bundle):
+    # without tests/fixtures/bundle_checks on the search path the fixture bundle declares no synthetic data
+    results = verify_bundles.verify_bundle(fixture_bundle, ["properties_train", "properties_infer",
+                                                            "config_consistency"], checks_dirs=[CHECKS_DIR])
+    expected_file = str(CHECKS_DIR / f"{fixture_bundle.name}.yaml")
+    for check in ("properties_train", "properties_infer"):
+        assert results[check].status == verify_bundles.FAIL
+        assert f"add {expected_file} with a 'synthetic_data:' section" in results[check].detail, results[check].detail
+    # the consistency check still compares network_def, the one thing it needs no declaration for
+    assert results["config_consistency"].status == verify_bundles.PASS
+    assert "no checks file: network_def only" in results["config_consistency"].detail
+
+
+def test_load_fails_when_initialize_needs_the_dataset(verify_bundles, fixture_bundle):
     # load() runs the config's `initialize`; one that reads data cannot serve a user who only wants the network
-    _edit_yaml(tiny_bundle / "configs" / "inference.yaml",
+    _edit_yaml(fixture_bundle / "configs" / "inference.yaml",
                initialize=["$sorted(__import__('os').listdir(@dataset_dir))"])
-    result = verify_bundles.verify_bundle(tiny_bundle, ["load_inference"], 64, tiny_dataset)["load_inference"]
-    assert result.status == verify_bundles.FAIL, result.detail
+    results = verify_bundles.verify_bundle(fixture_bundle, ["load_inference"], checks_dirs=CHECKS_DIRS)
+    assert results["load_inference"].status == verify_bundles.FAIL, results["load_inference"].detail
 
 
-def test_load_passes_with_json_configs(verify_bundles, tiny_bundle, tiny_dataset):
+def test_load_passes_with_json_configs(verify_bundles, fixture_bundle):
     for stem in ("train", "inference"):
-        yaml_path = tiny_bundle / "configs" / f"{stem}.yaml"
-        (tiny_bundle / "configs" / f"{stem}.json").write_text(json.dumps(yaml.safe_load(yaml_path.read_text()),
+        yaml_path = fixture_bundle / "configs" / f"{stem}.yaml"
+        (fixture_bundle / "configs" / f"{stem}.json").write_text(json.dumps(yaml.safe_load(yaml_path.read_text()),
                                                                           indent=4) + "\n")
         yaml_path.unlink()
-    results = verify_bundles.verify_bundle(tiny_bundle, ["load_train", "load_inference", "config_lint"], 64,
-                                           tiny_dataset)
+    results = verify_bundles.verify_bundle(fixture_bundle, ["load_train", "load_inference", "config_lint",
+                                                           "config_consistency"], checks_dirs=CHECKS_DIRS)
     assert {c: r.status for c, r in results.items()} == dict.fromkeys(results, verify_bundles.PASS)
 
 
@@ -139,10 +203,10 @@ def test_load_passes_with_json_configs(verify_bundles, tiny_bundle, tiny_dataset
          lambda b: _edit_metadata(b, lambda m: m["network_data_format"]["outputs"]["pred"]["channel_def"].update(
              {"0": "tumour", "1": "background"})),
          "must be 'background'"),
-        ("config_lint", lambda b: _edit_yaml(b / "configs" / "train.yaml", dataset_dir="/home/alice/brats"),
+        ("config_lint", lambda b: _edit_yaml(b / "configs" / "train.yaml", dataset_dir="/home/alice/data"),
          "absolute path"),
         ("config_lint", lambda b: _edit_yaml(b / "configs" / "inference.yaml",
-                                             dataset_dir="$os.path.join('/data/brats', 'x')"), "absolute path"),
+                                             dataset_dir="$os.path.join('/data/cases', 'x')"), "absolute path"),
         ("config_lint", lambda b: _edit_yaml(b / "configs" / "train.yaml", network="$@network_def.to('cuda:0')"),
          "device literal"),
         ("config_lint", lambda b: _edit_yaml(b / "configs" / "train.yaml",
@@ -170,13 +234,117 @@ def test_load_passes_with_json_configs(verify_bundles, tiny_bundle, tiny_dataset
             b, lambda m: m["network_data_format"]["outputs"]["pred"].update(num_channels=3)), "output channel"),
     ],
 )
-def test_checker_catches_defect(verify_bundles, tiny_bundle, tiny_dataset, check, mutate, expected):
+def test_checker_catches_defect(verify_bundles, fixture_bundle, check, mutate, expected):
     if check == "metadata" and expected == "copyright" and not metadata_schema_available():
         pytest.skip(f"{SCHEMA_FILE.name}: no offline copy at {SCHEMA_FILE.parent} and no network to download it")
-    mutate(tiny_bundle)
-    result = verify_bundles.verify_bundle(tiny_bundle, [check], 64, tiny_dataset)[check]
+    mutate(fixture_bundle)
+    result = verify_bundles.verify_bundle(fixture_bundle, [check], checks_dirs=CHECKS_DIRS)[check]
     assert result.status == verify_bundles.FAIL
     assert expected in result.detail
+
+
+def _edit_transform(bundle: Path, stem: str, list_id: str, target: str, **items) -> None:
+    """Update (``None`` removes) arguments of the first ``target`` transform of the list at ``list_id``."""
+    path = bundle / "configs" / f"{stem}.yaml"
+    content = yaml.safe_load(path.read_text())
+    node = content
+    for key in list_id.split("#"):
+        node = node[key]
+    transform = next(t for t in node if t["_target_"] == target)
+    transform.update(items)
+    for key in [k for k, v in items.items() if v is None]:
+        del transform[key]
+    path.write_text(yaml.safe_dump(content, sort_keys=False, width=200))
+
+
+def _edit_inference_transform(bundle: Path, target: str, **items) -> None:
+    _edit_transform(bundle, "inference", "preprocessing#transforms", target, **items)
+
+
+def _drop_inference_transform(bundle: Path, target: str) -> None:
+    path = bundle / "configs" / "inference.yaml"
+    content = yaml.safe_load(path.read_text())
+    content["preprocessing"]["transforms"] = [t for t in content["preprocessing"]["transforms"]
+                                              if t["_target_"] != target]
+    path.write_text(yaml.safe_dump(content, sort_keys=False, width=200))
+
+
+def _widen_inference_network(bundle: Path) -> None:
+    path = bundle / "configs" / "inference.yaml"
+    network = yaml.safe_load(path.read_text())["network_def"]
+    _edit_yaml(path, network_def={**network, "features": [8, 8, 16, 16, 32, 8]})
+
+
+def _write_checks_file(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+TRAIN_TRANSFORMS = "train.yaml train#deterministic_transforms"
+INFER_TRANSFORMS = "inference.yaml preprocessing#transforms"
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        # the weights train.yaml writes would not load into the network inference.yaml builds
+        (_widen_inference_network,
+         "network_def#features: train.yaml [4, 4, 8, 8, 16, 4] != inference.yaml [8, 8, 16, 16, 32, 8]"),
+        (lambda b: _edit_yaml(b / "configs" / "inference.yaml", patch_size=[64, 64]),
+         "patch_size: train.yaml [32, 32] != inference.yaml [64, 64]"),
+        (lambda b: _edit_inference_transform(b, "Spacingd", pixdim=[2.0, 2.0]),
+         f"{TRAIN_TRANSFORMS}#2#pixdim (Spacingd) [1.0, 1.0] != {INFER_TRANSFORMS}#2#pixdim [2.0, 2.0]"),
+        # projection keeps the image's own value: train interpolates the image bilinearly, not nearest
+        (lambda b: _edit_inference_transform(b, "Spacingd", mode="nearest"),
+         f"{TRAIN_TRANSFORMS}#2#mode (Spacingd) ['bilinear', 'nearest'] != {INFER_TRANSFORMS}#2#mode 'nearest'"),
+        (lambda b: _edit_inference_transform(b, "ScaleIntensityRanged", clip=None),
+         f"{TRAIN_TRANSFORMS}#3#clip (ScaleIntensityRanged) True != {INFER_TRANSFORMS}#3#clip (absent)"),
+        (lambda b: _edit_transform(b, "train", "train#deterministic_transforms", "ScaleIntensityRanged", a_max=1.0),
+         f"{TRAIN_TRANSFORMS}#3#a_max (ScaleIntensityRanged) 1.0 != {INFER_TRANSFORMS}#3#a_max 255.0"),
+        (lambda b: _edit_inference_transform(b, "EnsureTyped", keys="img"),
+         f"{INFER_TRANSFORMS}#4#keys (EnsureTyped) ['img'] are not among {TRAIN_TRANSFORMS}#4#keys"),
+        (lambda b: _drop_inference_transform(b, "Spacingd"),
+         f"{TRAIN_TRANSFORMS} has 5 transforms but {INFER_TRANSFORMS} has 4"),
+    ],
+)
+def test_config_consistency_catches_drift(verify_bundles, fixture_bundle, mutate, expected):
+    before = verify_bundles.verify_bundle(fixture_bundle, ["config_consistency"], checks_dirs=CHECKS_DIRS)
+    assert before["config_consistency"].status == verify_bundles.PASS, before["config_consistency"].detail
+    mutate(fixture_bundle)
+    result = verify_bundles.verify_bundle(fixture_bundle, ["config_consistency"],
+                                          checks_dirs=CHECKS_DIRS)["config_consistency"]
+    assert result.status == verify_bundles.FAIL
+    assert result.detail.startswith("inference.yaml disagrees with train.yaml: ")
+    assert expected in result.detail, result.detail
+
+
+@pytest.mark.parametrize(
+    "declaration, expected",
+    [
+        ("same: [no_such_id]", "no_such_id: in neither train.yaml nor inference.yaml"),
+        ("preprocessing: {train: train#no_such_list, inference: preprocessing#transforms}",
+         "train.yaml has no id 'train#no_such_list'"),
+        ("preprocessing: {train: train#deterministic_transforms, inference: dataset}",
+         "inference.yaml dataset must be a list of transforms or a Compose of one"),
+    ],
+)
+def test_config_consistency_reports_bad_declarations(verify_bundles, fixture_bundle, tmp_path, declaration, expected):
+    checks_file = _write_checks_file(tmp_path / "checks", fixture_bundle.name,
+                                     f"config_consistency:\n  {declaration}\n")
+    result = verify_bundles.verify_bundle(fixture_bundle, ["config_consistency"],
+                                          checks_dirs=[checks_file.parent])["config_consistency"]
+    assert result.status == verify_bundles.FAIL
+    assert expected in result.detail, result.detail
+
+
+def test_config_consistency_projects_per_key_arguments(verify_bundles, fixture_bundle):
+    # keys and per-key arguments as one-item lists say the same as the plain values the fixture uses
+    _edit_inference_transform(fixture_bundle, "Spacingd", keys=["image"], mode=["bilinear"])
+    result = verify_bundles.verify_bundle(fixture_bundle, ["config_consistency"],
+                                          checks_dirs=CHECKS_DIRS)["config_consistency"]
+    assert result.status == verify_bundles.PASS, result.detail
 
 
 UNSCRIPTABLE_NET = '''
@@ -186,51 +354,53 @@ import torch
 class TraceOnlyNet(torch.nn.Module):
     """A conv net whose forward uses ``**kwargs`` and a generator: torch.jit.script rejects it, tracing works."""
 
-    def __init__(self, in_channels: int = 4, out_channels: int = 4):
+    def __init__(self, in_channels: int = 3, out_channels: int = 2):
         super().__init__()
-        self.conv = torch.nn.Conv3d(in_channels, out_channels, 3, padding=1)
+        self.conv = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1)
 
     def forward(self, x, **kwargs):
         return sum(c for c in (self.conv(x), x[:, :1] * 0))
 '''
 
 
-def test_missing_weights_are_a_note(verify_bundles, tiny_bundle):
-    (tiny_bundle / "large_files.yml").write_text("large_files: []\n")
-    result = verify_bundles.verify_bundle(tiny_bundle, ["files"])["files"]
+def test_missing_weights_are_a_note(verify_bundles, fixture_bundle):
+    (fixture_bundle / "large_files.yml").write_text("large_files: []\n")
+    result = verify_bundles.verify_bundle(fixture_bundle, ["files"])["files"]
     assert result.status == verify_bundles.NOTE
     assert "models/model.pt is neither present nor listed" in result.detail
 
 
-def test_export_falls_back_to_trace_only_when_the_readme_says_so(verify_bundles, tiny_bundle, tiny_dataset):
-    (tiny_bundle / "scripts").mkdir()
-    (tiny_bundle / "scripts" / "__init__.py").write_text("")
-    (tiny_bundle / "scripts" / "net.py").write_text(UNSCRIPTABLE_NET)
+def test_export_falls_back_to_trace_only_when_the_readme_says_so(verify_bundles, fixture_bundle):
+    assert (fixture_bundle / "scripts" / "__init__.py").is_file()  # the bundle's scripts/ (synthetic data) package
+    (fixture_bundle / "scripts" / "net.py").write_text(UNSCRIPTABLE_NET)
     for stem in ("train", "inference"):
-        _edit_yaml(tiny_bundle / "configs" / f"{stem}.yaml", network_def={"_target_": "scripts.net.TraceOnlyNet"})
-    readme = tiny_bundle / "docs" / "README.md"
+        _edit_yaml(fixture_bundle / "configs" / f"{stem}.yaml", network_def={"_target_": "scripts.net.TraceOnlyNet"})
+    readme = fixture_bundle / "docs" / "README.md"
     assert "torchscript" not in readme.read_text().lower()
-    result = verify_bundles.verify_bundle(tiny_bundle, ["export"], 64, tiny_dataset)["export"]
+    result = verify_bundles.verify_bundle(fixture_bundle, ["export"], checks_dirs=CHECKS_DIRS)["export"]
     assert result.status == verify_bundles.FAIL, result.detail
     assert "script failed" in result.detail and "docs/README.md does not say so" in result.detail
 
     readme.write_text(readme.read_text() + "\n### Export\n\nTorchScript scripting fails (``**kwargs``); trace it.\n")
-    result = verify_bundles.verify_bundle(tiny_bundle, ["export"], 64, tiny_dataset)["export"]
+    result = verify_bundles.verify_bundle(fixture_bundle, ["export"], checks_dirs=CHECKS_DIRS)["export"]
     assert result.status == verify_bundles.PASS, result.detail
     assert "TorchScript trace via ckpt_export" in result.detail and "torch.export + save/load" in result.detail
     assert "unsupported, as docs/README.md explains: TorchScript script failed" in result.detail
 
 
-def test_cli_prints_table_and_exit_code(tiny_bundle, tiny_dataset):
-    cmd = [sys.executable, str(CI_DIR / "verify_bundles.py"), str(tiny_bundle), "--checks", "files,readme",
-           "--dataset-dir", str(tiny_dataset)]
+def test_cli_prints_table_and_exit_code(fixture_bundle):
+    cmd = [sys.executable, str(CI_DIR / "verify_bundles.py"), str(fixture_bundle), "--checks", "files,readme",
+           "--checks-dir", str(FIXTURE_CHECKS_DIR)]
     ok = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=300)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "tiny_unet_segmentation  files" in ok.stdout and "2 passed, 0 failed" in ok.stdout
-    (tiny_bundle / "docs" / "README.md").unlink()
+    assert "basic_unet_rgb_segmentation  files" in ok.stdout and "2 passed, 0 failed" in ok.stdout
+    (fixture_bundle / "docs" / "README.md").unlink()
     bad = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=300)
     assert bad.returncode == 1
     assert "FAIL" in bad.stdout and "docs/README.md is missing" in bad.stdout
     unknown = subprocess.run(cmd[:3] + ["--checks", "nope"], capture_output=True, text=True, env=subprocess_env(),
                              timeout=300)
     assert unknown.returncode != 0 and "unknown checks" in unknown.stderr
+    no_dir = subprocess.run(cmd[:3] + ["--checks-dir", str(fixture_bundle / "nope")], capture_output=True, text=True,
+                            env=subprocess_env(), timeout=300)
+    assert no_dir.returncode != 0 and "--checks-dir: not folders" in no_dir.stderr
