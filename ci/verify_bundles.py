@@ -78,7 +78,7 @@ logger = logging.getLogger("verify_bundles")
 
 PASS, FAIL, NOTE = "pass", "FAIL", "note"
 
-# Files every bundle of this collection must have (Model Zoo layout, research doc section 7 item 1).
+# Files every bundle of this collection must have (the Model Zoo layout: LICENSE, metadata, logging.conf, README).
 REQUIRED_FILES = ("LICENSE", "configs/metadata.json", "configs/logging.conf", "docs/README.md")
 REQUIRED_CONFIGS = ("train", "inference", "evaluate", "multi_gpu_train")
 # Model Zoo metadata keys that the 20240725 schema leaves optional but the Zoo asks for (CONTRIBUTING, CI until
