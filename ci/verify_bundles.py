@@ -37,6 +37,7 @@ import logging
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -184,15 +185,19 @@ class BundleContext:
         return Path(self._tmp.name)
 
     def workdir(self) -> Path:
-        """A copy of the bundle whose ``models/model.pt`` exists: the shipped one, or the network's initial weights."""
+        """A copy of the bundle whose ``models/model.pt`` exists: the shipped one, or the network's initial weights
+        (also when the folder only holds a local training run's ``models/model.pt``, see :func:`local_weights`)."""
         if self._workdir is None:
-            work = copy_bundle(self.bundle, self.tmp_dir() / self.name, weights=True)
+            local = local_weights(self.bundle)
+            work = copy_bundle(self.bundle, self.tmp_dir() / self.name, weights=local is None)
             ckpt = work / WEIGHTS_DIR / "model.pt"
             if ckpt.is_file():
                 self.weights_note = "shipped models/model.pt"
             else:
                 save_atomically(build_network(self, work).state_dict(), ckpt)
                 self.weights_note = "no models/model.pt in the bundle: initial weights of network_def"
+                if local is not None:
+                    self.weights_note += f" ({local} is a local training output, not checked)"
             self._workdir = work
         return self._workdir
 
@@ -285,6 +290,25 @@ def build_network(ctx: BundleContext, bundle_root: Path, config_stem: str = "inf
 # ------------------------------------------------------------------------------------------------------------------
 
 
+def local_weights(bundle: Path) -> str | None:
+    """``models/model.pt`` when it is a user's own training output rather than shipped weights: the bundle sits in a
+    git checkout that does not track the file, and ``large_files.yml`` does not list it. None otherwise."""
+    weights = bundle / WEIGHTS_DIR / "model.pt"
+    if not weights.is_file() or "models/model.pt" in {os.path.normpath(str(e.get("path", ""))) for e in
+                                                       _large_files(bundle)}:
+        return None
+    try:
+        inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=bundle, capture_output=True,
+                                text=True, timeout=30)
+        if inside.returncode != 0 or inside.stdout.strip() != "true":
+            return None  # an unpacked release or a Model Zoo folder: what is there is what ships
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", str(weights)], cwd=bundle,
+                                 capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return None if tracked.returncode == 0 else f"{WEIGHTS_DIR}/model.pt"
+
+
 def check_files(ctx: BundleContext) -> str:
     """Directory layout: exact file names, bundle name rules, weights present or listed, no committed file > 25 MB."""
     problems = []
@@ -295,7 +319,9 @@ def check_files(ctx: BundleContext) -> str:
     if (ctx.bundle / "LICENSE").is_file() and not (ctx.bundle / "LICENSE").read_text().strip():
         problems.append("LICENSE is empty")
     listed = {os.path.normpath(str(e.get("path", ""))) for e in _large_files(ctx.bundle)}
-    weights_missing = not (ctx.bundle / WEIGHTS_DIR / "model.pt").is_file() and "models/model.pt" not in listed
+    local = local_weights(ctx.bundle)
+    shipped = (ctx.bundle / WEIGHTS_DIR / "model.pt").is_file() and local is None
+    weights_missing = not shipped and "models/model.pt" not in listed
     for path in ctx.bundle.rglob("*"):
         rel = path.relative_to(ctx.bundle)
         committed = path.is_file() and is_bundle_source(rel) and rel.parts[0] != WEIGHTS_DIR
@@ -305,7 +331,9 @@ def check_files(ctx: BundleContext) -> str:
         raise BundleCheckError("; ".join(problems))
     if weights_missing:
         # no published weights yet: the Zoo CI would need the bundle in its exclude_verify_preferred_files_list
-        return NOTE, "layout complete; no weights: models/model.pt is neither present nor listed in large_files.yml"
+        suffix = f" ({local} is a local training output, untracked by git)" if local else ""
+        return NOTE, ("layout complete; no weights: models/model.pt is neither shipped nor listed in large_files.yml"
+                      + suffix)
     return PASS, "layout complete"
 
 

@@ -5,46 +5,72 @@
 Atomic file writing: every file the package, the bundles and the project scripts write goes through
 :func:`atomic_write`, so a crash, a ``kill -9`` or a concurrent reader (MONAI Label polling ``models/model.pt``) never
 meets a half-written file. The data go to a temporary file in the destination folder (same file system), are flushed
-to disk, and the temporary file then replaces the destination with ``os.replace``.
+to disk, and the temporary file then replaces the destination with ``os.replace``. A process killed between the two
+steps leaves its temporary file behind; :func:`remove_stale_temporaries` removes those (the savers of
+:mod:`shared_networks.bundle` call it for their folder when training starts).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-__all__ = ["TEMP_SUFFIX", "atomic_write", "write_bytes_atomically", "write_text_atomically", "save_atomically"]
+__all__ = [
+    "TEMP_SUFFIX",
+    "atomic_path",
+    "atomic_write",
+    "write_bytes_atomically",
+    "write_text_atomically",
+    "save_atomically",
+    "remove_stale_temporaries",
+]
+
+logger = logging.getLogger(__name__)
 
 #: Suffix of the temporary files; ``.<name>.<random>.tmp`` beside the destination.
 TEMP_SUFFIX = ".tmp"
 
+# the names of the temporary files: "." + destination name + "." + 8 characters of tempfile's alphabet + ".tmp",
+# followed by the destination's extension for writers that pick the format from the name (atomic_path)
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX) + r"(\.[A-Za-z0-9]+){0,2}$")
+
+
+def _extension(name: str) -> str:
+    """``.nii.gz`` for ``case_seg.nii.gz``, ``.png`` for ``a.b.png``: the part of the name that selects a format."""
+    stem, last = os.path.splitext(name)
+    if last.lower() in (".gz", ".bz2", ".xz", ".zst"):
+        last = os.path.splitext(stem)[1] + last
+    return last
+
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: int = 0o644) -> Iterator[BinaryIO]:
+def atomic_path(path: str | os.PathLike, mode: int = 0o644, keep_extension: bool = False) -> Iterator[str]:
     """
-    Open a temporary binary file beside ``path``; when the block ends without an exception, the file is flushed,
-    synced and moved over ``path``. On an exception the temporary file is removed and ``path`` is left untouched.
+    A temporary path beside ``path`` for a writer that wants a file name (nibabel, PIL, ...); when the block ends
+    without an exception the file is synced and moved over ``path``. On an exception the temporary file is removed
+    and ``path`` is left untouched.
 
     Args:
         path: the destination; its folder is created if missing.
         mode: permission bits of the written file (``mkstemp`` would leave 0o600).
-
-    Example::
-
-        with atomic_write("eval/metrics.csv") as f:
-            f.write(b"case,dice\\n")
+        keep_extension: end the temporary name with the destination's extension (``.nii.gz``), for writers that
+            choose the format from the name.
     """
     path = os.path.abspath(os.fspath(path))
-    folder = os.path.dirname(path)
+    folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=TEMP_SUFFIX)
+    suffix = TEMP_SUFFIX + (_extension(name) if keep_extension else "")
+    handle, temp_path = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=suffix)
+    os.close(handle)
     try:
-        with os.fdopen(handle, "wb") as f:
-            yield f
-            f.flush()
+        yield temp_path
+        with open(temp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(temp_path, mode)
         os.replace(temp_path, path)
@@ -52,6 +78,22 @@ def atomic_write(path: str | os.PathLike, mode: int = 0o644) -> Iterator[BinaryI
         with contextlib.suppress(FileNotFoundError):
             os.remove(temp_path)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """
+    Open a temporary binary file beside ``path`` (see :func:`atomic_path`); when the block ends without an exception,
+    the file is flushed and moved over ``path``.
+
+    Example::
+
+        with atomic_write("eval/metrics.csv") as f:
+            f.write(b"case,dice\\n")
+    """
+    with atomic_path(path, mode) as temp_path, open(temp_path, "wb") as f:
+        yield f
+        f.flush()
 
 
 def write_bytes_atomically(data: bytes, path: str | os.PathLike) -> None:
@@ -77,3 +119,50 @@ def save_atomically(obj: Any, path: str | os.PathLike) -> None:
 
     with atomic_write(path) as f:
         torch.save(obj, f)
+
+
+def remove_stale_temporaries(
+    folder: str | os.PathLike, min_age_s: float = 0.0, recursive: bool = False
+) -> list[str]:
+    """
+    Remove the temporary files that :func:`atomic_path` / :func:`atomic_write` leave in ``folder`` when their process
+    is killed (``kill -9``, out-of-memory killer, power loss) between creating and renaming them: regular files named
+    ``.<name>.<8 random characters>.tmp[<extension>]``. Files of any other pattern and symbolic links are left alone.
+    Each removed file is logged.
+
+    Args:
+        folder: the folder to clean; a missing folder is not an error.
+        min_age_s: only remove files whose last modification is at least this many seconds old, so that a file
+            another process is writing at this moment is not taken from under it.
+        recursive: also clean the sub-folders (e.g. the per-case folders of a batch inference's output).
+
+    Returns:
+        The paths of the removed files.
+    """
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        return []
+    removed = []
+    now = time.time()
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if recursive and entry.is_dir(follow_symlinks=False):
+                removed += remove_stale_temporaries(entry.path, min_age_s, recursive=True)
+                continue
+            if not _TEMP_NAME.match(entry.name) or not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                stat = entry.stat(follow_symlinks=False)
+                if now - stat.st_mtime < min_age_s:
+                    continue
+                os.remove(entry.path)
+            except FileNotFoundError:  # renamed or removed by its writer meanwhile
+                continue
+            logger.info(
+                "Removed the stale temporary file '%s' (%d bytes, left by an interrupted write of '%s').",
+                entry.path,
+                stat.st_size,
+                _TEMP_NAME.match(entry.name).group("target"),
+            )
+            removed.append(entry.path)
+    return removed

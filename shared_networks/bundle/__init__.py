@@ -3,4 +3,25 @@
 # the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """Handlers referenced from the MONAI bundle configs (``bundles/*/configs``); dataset- and network-agnostic."""
 
-from .handlers import AtomicCheckpointSaver, GradientClipping, MetricsSummarySaver, TrainingCheckpoint
+from .checkpoints import (
+    CheckpointError,
+    NonFiniteError,
+    SafeCheckpointLoader,
+    check_finite,
+    find_non_finite,
+    load_checkpoint_into,
+    load_network_weights,
+    load_state_dict_checked,
+    read_checkpoint,
+)
+from .cli import check_command_line
+from .handlers import (
+    AtomicCheckpointSaver,
+    GradientClipping,
+    MetricsSummarySaver,
+    NonFiniteGuard,
+    TrainingCheckpoint,
+    clean_checkpoint_folder,
+)
+from .metrics import NanAwareHausdorffDistance, NanAwareMeanDice
+from .writers import AtomicNibabelWriter, pending_items

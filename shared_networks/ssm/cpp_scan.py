@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import threading
 import time
 from types import ModuleType
@@ -59,9 +60,17 @@ def _source_digest() -> str:
         return "nosource"
 
 
-# one cached build per instruction set and source version: a shared cache never hands an AVX-512 build to an
-# AVX2-only CPU, and two installed versions of the package do not keep rebuilding over each other
-EXTENSION_NAME = f"shared_networks_selective_scan_cpu_{CPU_CAPABILITY.lower()}_{_source_digest()}"
+def _build_digest() -> str:
+    """The torch build and Python the extension is compiled against (the cache folder already names the Python
+    minor version and the CUDA flavour, but not torch's version or its C++ ABI)."""
+    tag = f"{torch.__version__}|{sys.version_info.major}.{sys.version_info.minor}|{torch.compiled_with_cxx11_abi()}"
+    return hashlib.sha256(tag.encode()).hexdigest()[:8]
+
+
+# one cached build per instruction set, source version and torch build: a shared cache never hands an AVX-512 build to
+# an AVX2-only CPU, and two environments (or two versions of the package) on one machine do not keep rebuilding over
+# each other's build
+EXTENSION_NAME = f"shared_networks_selective_scan_cpu_{CPU_CAPABILITY.lower()}_{_source_digest()}_{_build_digest()}"
 
 _lock = threading.Lock()
 _extension: Optional[ModuleType] = None
@@ -78,6 +87,7 @@ def build_extension(sources: Sequence[str] = (SOURCE,), name: str = EXTENSION_NA
     """
     from torch.utils import cpp_extension
 
+    _announce_build(name)
     try:
         return cpp_extension.load(
             name=name,
@@ -93,6 +103,21 @@ def build_extension(sources: Sequence[str] = (SOURCE,), name: str = EXTENSION_NA
             str(exc).strip().splitlines()[-1] if str(exc).strip() else "",
         )
         return None
+
+
+def _announce_build(name: str) -> None:
+    """Say so when the kernel is about to be compiled (a minute or two of silence otherwise)."""
+    from torch.utils import cpp_extension
+
+    try:
+        build_dir = cpp_extension._get_build_directory(name, verbose=False)  # the folder load() itself uses
+    except Exception:  # a private helper of torch: if it changes, only the message is lost
+        return
+    if not os.path.isfile(os.path.join(build_dir, f"{name}.so")):
+        logger.warning(
+            "Compiling the C++ selective-scan kernel for this CPU and torch build (first use only, about 1-2 minutes "
+            "on 2 cores); it is cached in '%s'.", build_dir
+        )
 
 
 def load_extension() -> Optional[ModuleType]:

@@ -278,8 +278,20 @@ def test_failed_build_warns_once_and_returns_none(tmp_path, monkeypatch, caplog)
     source.write_text("this is not C++\n")
     with caplog.at_level(logging.WARNING, logger="shared_networks.ssm.cpp_scan"):
         assert build_extension(sources=[str(source)], name="shared_networks_broken_scan_test") is None
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "pure PyTorch backend" in warnings[0].getMessage()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    # first the notice that a (slow) compile starts, with the cache folder, then the one failure warning
+    assert len(warnings) == 2 and "Compiling the C++ selective-scan kernel" in warnings[0]
+    assert str(tmp_path / "extensions") in warnings[0] and "pure PyTorch backend" in warnings[1]
+
+
+def test_extension_cache_name_follows_the_torch_build(monkeypatch):
+    """Two environments with different torch builds (the project's and MONAI Label's) get different cached builds."""
+    from shared_networks.ssm import cpp_scan
+
+    here = cpp_scan._build_digest()
+    monkeypatch.setattr(torch, "__version__", torch.__version__ + ".other")
+    assert cpp_scan._build_digest() != here
+    assert cpp_scan.EXTENSION_NAME.endswith(here)
 
 
 @pytest.mark.parametrize(

@@ -131,7 +131,7 @@ def test_fixture_bundle_passes_every_check():
     assert f"{len(CHECK_NAMES)} passed, 0 failed" in run.stdout
     # the one note segmamba_brats has too: no published weights (test_listed_weights_pass_files lists them)
     assert rows.pop((name, "files")) == (
-        "note", "layout complete; no weights: models/model.pt is neither present nor listed in large_files.yml")
+        "note", "layout complete; no weights: models/model.pt is neither shipped nor listed in large_files.yml")
     assert {check: status for (_, check), (status, _) in rows.items()} == dict.fromkeys(
         [c for c in CHECK_NAMES if c != "files"], "pass"), run.stdout[-3000:]
     # the BasicUNet scripts; the synthetic PNGs feed the workflow checks; train and inference repeat each other
@@ -367,7 +367,7 @@ def test_missing_weights_are_a_note(verify_bundles, fixture_bundle):
     (fixture_bundle / "large_files.yml").write_text("large_files: []\n")
     result = verify_bundles.verify_bundle(fixture_bundle, ["files"])["files"]
     assert result.status == verify_bundles.NOTE
-    assert "models/model.pt is neither present nor listed" in result.detail
+    assert "models/model.pt is neither shipped nor listed" in result.detail
 
 
 def test_export_falls_back_to_trace_only_when_the_readme_says_so(verify_bundles, fixture_bundle):
@@ -404,3 +404,24 @@ def test_cli_prints_table_and_exit_code(fixture_bundle):
     no_dir = subprocess.run(cmd[:3] + ["--checks-dir", str(fixture_bundle / "nope")], capture_output=True, text=True,
                             env=subprocess_env(), timeout=300)
     assert no_dir.returncode != 0 and "--checks-dir: not folders" in no_dir.stderr
+
+
+def test_local_training_output_is_not_taken_for_shipped_weights(fixture_bundle, verify_bundles, tmp_path):
+    """In a git checkout, an untracked models/model.pt is the user's own run (e.g. other widths): the checks use the
+    network's initial weights and say so, instead of failing on weights the bundle does not ship."""
+    import torch
+
+    repo = fixture_bundle.parent
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (fixture_bundle / "models").mkdir(exist_ok=True)
+    torch.save({"a stray tensor": torch.zeros(3)}, fixture_bundle / "models" / "model.pt")
+    results = verify_bundles.verify_bundle(fixture_bundle, checks=("files", "export"),
+                                           checks_dirs=(FIXTURE_CHECKS_DIR,))
+    assert results["files"].status == "note" and "local training output" in results["files"].detail
+    assert results["export"].status == "pass", results["export"].detail
+    assert "local training output" in results["export"].detail
+    # tracked by git, the same file is the bundle's weights, and the export check rightly fails on it
+    subprocess.run(["git", "-C", str(repo), "add", "-f", str(fixture_bundle / "models" / "model.pt")], check=True)
+    results = verify_bundles.verify_bundle(fixture_bundle, checks=("files", "export"),
+                                           checks_dirs=(FIXTURE_CHECKS_DIR,))
+    assert results["files"].status == "pass" and results["export"].status == "FAIL"

@@ -154,6 +154,33 @@ def test_evaluate_writes_metrics_in_range(trained_root, dataset_dir, tmp_path):
     assert metrics["val_dice"]["WT"] == pytest.approx(np.mean(wt), abs=1e-5)
 
 
+def test_region_absent_everywhere_is_nan_not_a_perfect_score(trained_root, dataset_dir, tmp_path):
+    """No ET in any label and none predicted: Dice and HD95 of ET are undefined, so null / nan, where MONAI's mean
+    over only NaN gives 0.0 (an HD95 of 0 mm reads as perfect)."""
+    dataset = tmp_path / "no_et"
+    shutil.copytree(dataset_dir, dataset)
+    for label_file in dataset.glob("*/*-seg.nii.gz"):
+        label = nib.load(label_file)
+        values = np.asarray(label.dataobj).copy()
+        values[values == 3] = 1
+        nib.save(nib.Nifti1Image(values, label.affine, label.header), str(label_file))
+    root = tmp_path / "root"
+    (root / "models").mkdir(parents=True)
+    state = torch.load(trained_root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    state["out.conv.conv.bias"][3] = -1e4  # the ET logit never wins the argmax
+    torch.save(state, root / "models" / "model.pt")
+    output_dir = tmp_path / "eval"
+    _workflow("train", ["train.yaml", "evaluate.yaml"], bundle_root=str(root), dataset_dir=str(dataset),
+              output_dir=str(output_dir), **REDUCED)
+    metrics = json.loads((output_dir / "metrics_summary.json").read_text())["metrics"]
+    assert metrics["val_dice"]["ET"] is None and metrics["val_hd95"]["ET"] is None
+    assert metrics["val_hd95"]["WT"] is not None and metrics["val_hd95"]["WT"] >= 0.0
+    rows = dict(line.split("\t") for line in (output_dir / "metrics.csv").read_text().splitlines())
+    assert rows["val_hd95_ET"] == "nan" and rows["val_dice_ET"] == "nan"
+    assert float(rows["val_dice_WT"]) == pytest.approx(metrics["val_dice"]["WT"], rel=1e-5)
+    assert "tensor(" not in (output_dir / "metrics.csv").read_text()
+
+
 def test_inference_writes_label_maps_on_the_input_grid(trained_root, dataset_dir, tmp_path):
     input_dir = tmp_path / "cases"
     cases = sorted(p.name for p in dataset_dir.iterdir())[:2]

@@ -1,0 +1,164 @@
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""
+A real T1 MRI through the bundle's inference: the MNI152 2009a template that ships inside nilearn's wheel (read from
+the wheel; nilearn and its dependencies are not installed), stored three ways, as scanners and converters do: RAS as
+shipped, LPS with 1 x 1 x 3 mm voxels, and sagittal-first (axes S, A, R). Each segmentation must come back on the
+exact grid of its input (shape and affine), with labels in {0, 1, 2, 3}; and an interrupted batch (``kill -9``) must
+leave no half-written segmentation and resume with the cases it had not finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from shared_networks.data import BRATS_MODALITIES
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+BUNDLE = REPO_ROOT / "bundles" / "segmamba_brats"
+WHEEL_CACHE = REPO_ROOT / ".cache" / "wheels"
+NILEARN = "nilearn==0.14.1"
+T1_MEMBER = "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+T1_SHA256 = "421a10e872fd6cadae7f61d358dffbcc1795a497d61ee76c5dda2503e1a1e9e6"
+# a central block of the brain (ventricles, white and grey matter), 80 x 96 x 80 voxels
+CROP = (slice(58, 138), slice(70, 166), slice(50, 130))
+REDUCED = ["--network_def#feature_sizes", "[8,16,32,64]", "--network_def#hidden_size", "32",
+           "--patch_size", "[64,64,64]", "--sw_batch_size", "1", "--num_workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def mni152_t1() -> nib.Nifti1Image:
+    """The template (197 x 233 x 189, 1 mm, RAS, skull-stripped uint8), fetched once with ``pip download``."""
+    target = WHEEL_CACHE / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+    if not target.is_file():
+        WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(WHEEL_CACHE), NILEARN],
+                       check=True, timeout=600)
+        wheel = next(WHEEL_CACHE.glob("nilearn-0.14.1-*.whl"))
+        with zipfile.ZipFile(wheel) as archive:
+            data = archive.read(T1_MEMBER)
+        if hashlib.sha256(data).hexdigest() != T1_SHA256:
+            raise AssertionError(f"{T1_MEMBER} in {wheel} is not the expected file (sha256 differs)")
+        target.write_bytes(data)
+    image = nib.load(target)
+    assert image.shape == (197, 233, 189) and nib.aff2axcodes(image.affine) == ("R", "A", "S")
+    return image
+
+
+def _stored(image: nib.Nifti1Image, kind: str) -> nib.Nifti1Image:
+    """The same anatomy stored another way (a central crop keeps the CPU time short)."""
+    data = np.asarray(image.dataobj)[CROP]
+    affine = image.affine.copy()
+    affine[:3, 3] = image.affine[:3, :3] @ np.array([c.start for c in CROP]) + image.affine[:3, 3]
+    if kind == "lps_1x1x3mm":  # every third axial slice, x and y reversed
+        data = data[::-1, ::-1, ::3]
+        index_map = np.diag([-1.0, -1.0, 3.0, 1.0])  # new voxel index -> index in the crop
+        index_map[:3, 3] = [data.shape[0] - 1, data.shape[1] - 1, 0]
+        affine = affine @ index_map
+    elif kind == "sagittal_first":  # storage axes (S, A, R): the k axis varies slowest in the file
+        data = np.transpose(data, (2, 1, 0))
+        affine = affine[:, [2, 1, 0, 3]]
+    stored = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+    stored.set_qform(affine, code=1)
+    stored.set_sform(affine, code=1)
+    return stored
+
+
+def _write_case(root: Path, name: str, image: nib.Nifti1Image) -> None:
+    folder = root / name
+    folder.mkdir(parents=True)
+    for modality in BRATS_MODALITIES:  # the T1 stands in for every channel: this test is about geometry
+        nib.save(image, str(folder / f"{name}-{modality}.nii.gz"))
+
+
+def _bundle_copy_with_weights(tmp_path: Path) -> Path:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.yaml"))
+    parser["network_def#feature_sizes"] = [8, 16, 32, 64]
+    parser["network_def#hidden_size"] = 32
+    torch.manual_seed(0)
+    models = tmp_path / "models"
+    models.mkdir(parents=True)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), models / "model.pt")
+    return tmp_path
+
+
+def _inference(bundle_root: Path, dataset: Path, output: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "inference.yaml"),
+            "--bundle_root", str(bundle_root), "--dataset_dir", str(dataset), "--output_dir", str(output),
+            *REDUCED, *extra]
+
+
+def _env() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="2", CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore")
+
+
+@pytest.mark.slow
+def test_real_t1_in_three_storage_orientations_keeps_its_geometry(mni152_t1, tmp_path):
+    dataset = tmp_path / "cases"
+    kinds = ("ras", "lps_1x1x3mm", "sagittal_first")
+    for kind in kinds:
+        _write_case(dataset, f"MNI152-{kind}", _stored(mni152_t1, kind))
+    root = _bundle_copy_with_weights(tmp_path / "bundle")
+    output = tmp_path / "segmentations"
+    result = subprocess.run(_inference(root, dataset, output), capture_output=True, text=True, timeout=1200,
+                            env=_env(), cwd=BUNDLE)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for kind in kinds:
+        source = nib.load(dataset / f"MNI152-{kind}" / f"MNI152-{kind}-t1n.nii.gz")
+        segmentation = nib.load(output / f"MNI152-{kind}" / f"MNI152-{kind}_seg.nii.gz")
+        assert segmentation.shape == source.shape, kind
+        np.testing.assert_allclose(segmentation.affine, source.affine, atol=1e-4, err_msg=kind)
+        assert nib.aff2axcodes(segmentation.affine) == nib.aff2axcodes(source.affine)
+        labels = np.asarray(segmentation.dataobj)
+        assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2, 3}, kind
+
+
+@pytest.mark.slow
+def test_killed_batch_leaves_no_partial_output_and_resumes(mni152_t1, tmp_path):
+    dataset = tmp_path / "cases"
+    names = [f"MNI152-{index}" for index in range(3)]
+    for name in names:
+        _write_case(dataset, name, _stored(mni152_t1, "ras"))
+    root = _bundle_copy_with_weights(tmp_path / "bundle")
+    output = tmp_path / "segmentations"
+    outputs = [output / name / f"{name}_seg.nii.gz" for name in names]
+    process = subprocess.Popen(_inference(root, dataset, output), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=_env(), cwd=BUNDLE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 900
+        while not outputs[0].is_file() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert outputs[0].is_file(), "the first case was never written"
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    finished = [path for path in outputs if path.is_file()]
+    assert 1 <= len(finished) < len(outputs), "the kill came too late to interrupt the batch"
+    for path in finished:  # a file at its final name is complete
+        assert nib.load(path).get_fdata().shape == (80, 96, 80)
+    mtimes = {path: path.stat().st_mtime_ns for path in finished}
+
+    result = subprocess.run(_inference(root, dataset, output), capture_output=True, text=True, timeout=1200,
+                            env=_env(), cwd=BUNDLE)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert all(path.is_file() for path in outputs)
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in mtimes.items()), "finished cases were redone"
+    assert f"Skipping {len(finished)} of {len(names)} items" in result.stdout + result.stderr
+    leftovers = [p.name for p in output.rglob("*") if p.is_file() and p.name.startswith(".")]
+    assert not leftovers, f"temporary files left behind: {leftovers}"
