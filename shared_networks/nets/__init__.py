@@ -1,9 +1,10 @@
 # Copyright (c) the shared_networks contributors.
 # Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
 # the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-"""The networks of the papers, one module per paper. Every name in ``__all__`` passes the network contract test
-(``tests/nets/test_network_contract.py``)."""
+"""The networks of the papers, one module per paper. Every network class in ``__all__`` passes the network contract
+test (``tests/nets/test_network_contract.py``)."""
 
 from .segmamba import SegMamba
+from .swin_umamba import SwinUMamba, SwinUMambaD, VMambaLoadReport, load_vmamba_pretrained
 
-__all__ = ["SegMamba"]
+__all__ = ["SegMamba", "SwinUMamba", "SwinUMambaD", "VMambaLoadReport", "load_vmamba_pretrained"]
