@@ -335,7 +335,8 @@ class SwinUMambaDecoder(nn.Module):
         depth: VSS blocks per decoder stage.
         drop_path_rate: stochastic depth of the first decoder block, falling linearly to 0 at the last.
         d_state: SSM state size.
-        deep_supervision: return every head's output, finest first, instead of only the full-resolution one.
+        deep_supervision: in training mode, return every head's output, finest first, instead of only the
+            full-resolution one (in eval mode only the full-resolution one is computed).
     """
 
     def __init__(
@@ -372,11 +373,12 @@ class SwinUMambaDecoder(nn.Module):
         x = skips[-1].permute(0, 2, 3, 1)
         outputs = []
         last = len(self.stages) - 1
+        every_head = self.deep_supervision and self.training
         for s, (expand, stage) in enumerate(zip(self.expand_layers, self.stages)):
             x = expand(x)
             if s < last:
                 x = self.concat_back_dim[s](torch.cat([x, skips[-(s + 2)].permute(0, 2, 3, 1)], dim=-1))
             x = stage(x)
-            if self.deep_supervision or s == last:
+            if every_head or s == last:
                 outputs.append(self.seg_layers[s](x.permute(0, 3, 1, 2)))
-        return outputs[::-1] if self.deep_supervision else outputs[-1]
+        return outputs[::-1] if every_head else outputs[-1]

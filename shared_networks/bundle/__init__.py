@@ -17,11 +17,12 @@ from .checkpoints import (
 from .cli import check_command_line
 from .handlers import (
     AtomicCheckpointSaver,
+    EncoderFreezing,
     GradientClipping,
     MetricsSummarySaver,
     NonFiniteGuard,
     TrainingCheckpoint,
     clean_checkpoint_folder,
 )
-from .metrics import NanAwareHausdorffDistance, NanAwareMeanDice
-from .writers import AtomicNibabelWriter, pending_items
+from .metrics import NanAwareHausdorffDistance, NanAwareMeanDice, PresentLabelDice, PresentLabelDiceMetric
+from .writers import AtomicNibabelWriter, AtomicPILWriter, pending_items

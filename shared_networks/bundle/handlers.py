@@ -52,6 +52,7 @@ from shared_networks.bundle.checkpoints import (
 from shared_networks.io import atomic_write, remove_stale_temporaries, save_atomically, write_text_atomically
 
 __all__ = [
+    "EncoderFreezing",
     "GradientClipping",
     "NonFiniteGuard",
     "AtomicCheckpointSaver",
@@ -139,6 +140,54 @@ class GradientClipping:
             scaler.unscale_(optimizer)
         parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         torch.nn.utils.clip_grad_norm_(parameters, max_norm=self.max_norm, norm_type=self.norm_type)
+
+
+class EncoderFreezing:
+    """
+    Keeps a network's pretrained encoder frozen for the first ``epochs`` epochs of training, then trains it too (the
+    Swin-UMamba recipe: 10 epochs). At the start of every epoch it calls the network's ``freeze_encoder()`` or
+    ``unfreeze_encoder()`` (a DistributedDataParallel wrapper is unwrapped), so a resumed run lands in the right phase.
+
+    Frozen parameters get ``requires_grad=False`` and their gradient is cleared (``grad = None``): the optimizer then
+    skips them entirely (no step, no weight decay, no moment estimates), and they start with fresh optimizer state when
+    unfrozen. Under DDP the wrapper must be built with ``find_unused_parameters=True``, as frozen parameters receive
+    no gradient.
+
+    Args:
+        network: the network (with ``freeze_encoder`` / ``unfreeze_encoder``).
+        epochs: epochs with a frozen encoder; 0 never freezes.
+    """
+
+    def __init__(self, network: torch.nn.Module, epochs: int = 10) -> None:
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}.")
+        module = unwrap_module(network)
+        for method in ("freeze_encoder", "unfreeze_encoder"):
+            if not callable(getattr(module, method, None)):
+                raise TypeError(f"EncoderFreezing needs a network with {method}(), got {type(module).__name__}.")
+        self.network = module
+        self.epochs = epochs
+        self._frozen: bool | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        frozen = engine.state.epoch <= self.epochs
+        if frozen:
+            self.network.freeze_encoder()
+            for parameter in self.network.parameters():
+                if not parameter.requires_grad:
+                    parameter.grad = None
+        else:
+            self.network.unfreeze_encoder()
+        if frozen != self._frozen:
+            count = sum(p.numel() for p in self.network.parameters() if not p.requires_grad)
+            logger.info(
+                "Epoch %d: encoder %s (%d frozen parameters).", engine.state.epoch,
+                f"frozen for the first {self.epochs} epochs" if frozen else "trainable", count,
+            )
+        self._frozen = frozen
 
 
 def _loss_of(output: Any) -> Any:

@@ -16,11 +16,11 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from monai.data import NibabelWriter
+from monai.data import NibabelWriter, PILWriter
 
 from shared_networks.io import atomic_path
 
-__all__ = ["AtomicNibabelWriter", "pending_items"]
+__all__ = ["AtomicNibabelWriter", "AtomicPILWriter", "pending_items"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,17 @@ class AtomicNibabelWriter(NibabelWriter):
     def write(self, filename: str | os.PathLike, verbose: bool = False, **obj_kwargs: Any) -> None:
         with atomic_path(filename, keep_extension=True) as temporary:
             super().write(temporary, verbose=verbose, **obj_kwargs)
+        if verbose:
+            logger.info("Wrote '%s'.", os.fspath(filename))
+
+
+class AtomicPILWriter(PILWriter):
+    """:class:`monai.data.PILWriter` (PNG, JPEG, ...) whose files appear only complete, as
+    :class:`AtomicNibabelWriter`."""
+
+    def write(self, filename: str | os.PathLike, verbose: bool = False, **kwargs: Any) -> None:
+        with atomic_path(filename, keep_extension=True) as temporary:
+            super().write(temporary, verbose=verbose, **kwargs)
         if verbose:
             logger.info("Wrote '%s'.", os.fspath(filename))
 

@@ -14,32 +14,52 @@ from .brats import (
     split_case_names,
     validate_brats_cases,
 )
-from .transforms import ConvertToBratsRegions, ConvertToBratsRegionsd
+from .endovis import (
+    ENDOVIS17_LABELS,
+    find_endovis_cases,
+    generate_endovis_phantoms,
+    instrument_class,
+    make_endovis_datalist,
+    merge_instrument_masks,
+    validate_endovis_cases,
+)
+from .transforms import LABEL_PALETTE, ConvertToBratsRegions, ConvertToBratsRegionsd, LabelOverlayd
 from .validation import (
     ImageFileSummary,
     ValidationCache,
     check_image_file,
+    check_png_file,
     check_same_grid,
     run_checks,
     validation_sidecar_path,
 )
 
 __all__ = [
+    "brats_case_name_formatter",
     "BRATS_LABELS",
     "BRATS_MODALITIES",
     "BRATS_REGIONS",
-    "ConvertToBratsRegions",
-    "brats_case_name_formatter",
-    "ConvertToBratsRegionsd",
-    "ImageFileSummary",
-    "ValidationCache",
     "check_image_file",
+    "check_png_file",
     "check_same_grid",
+    "ConvertToBratsRegions",
+    "ConvertToBratsRegionsd",
+    "ENDOVIS17_LABELS",
     "find_brats_cases",
+    "find_endovis_cases",
     "generate_brats_phantoms",
+    "generate_endovis_phantoms",
+    "ImageFileSummary",
+    "instrument_class",
+    "LABEL_PALETTE",
+    "LabelOverlayd",
     "make_brats_datalist",
+    "make_endovis_datalist",
+    "merge_instrument_masks",
     "run_checks",
     "split_case_names",
     "validate_brats_cases",
+    "validate_endovis_cases",
     "validation_sidecar_path",
+    "ValidationCache",
 ]

@@ -1,7 +1,7 @@
 # Copyright (c) the shared_networks contributors.
 # Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
 # the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-"""BraTS 2023 label transforms."""
+"""Label transforms: BraTS 2023 regions, and colour overlays of 2D label maps on their RGB frames."""
 
 from __future__ import annotations
 
@@ -18,7 +18,13 @@ from monai.utils import TransformBackends, convert_to_dst_type
 
 from shared_networks.data.brats import BRATS_LABELS, BRATS_REGIONS
 
-__all__ = ["ConvertToBratsRegions", "ConvertToBratsRegionsd"]
+__all__ = ["ConvertToBratsRegions", "ConvertToBratsRegionsd", "LABEL_PALETTE", "LabelOverlayd"]
+
+#: RGB colours of labels 1, 2, ... in overlays (label 0, background, is left uncoloured); repeats after 12.
+LABEL_PALETTE = (
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40),
+)
 
 
 def _equals_any(data: NdarrayOrTensor, values: tuple[int, ...]) -> NdarrayOrTensor:
@@ -87,4 +93,49 @@ class ConvertToBratsRegionsd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.converter(d[key])
+        return d
+
+
+class LabelOverlayd(MapTransform):
+    """
+    Blend a label map onto its RGB frame for viewing: each non-zero label's pixels take ``alpha`` of the label's
+    colour (:data:`LABEL_PALETTE`) and ``1 - alpha`` of the frame; background pixels keep the frame. The frame is
+    rescaled to 0..255 from its own range if it is not 8-bit already. The result, a uint8 (3, *spatial) tensor with the
+    frame's meta data (so ``SaveImaged`` names it after the frame), is stored under ``output_key``.
+
+    Args:
+        keys: the label map key (one key; a 1-channel, channel-first map of integer labels).
+        image_key: the RGB frame, channel-first (3, *spatial), of the label's spatial size.
+        output_key: where the overlay goes.
+        alpha: opacity of the label colours.
+    """
+
+    def __init__(self, keys: KeysCollection, image_key: str, output_key: str = "overlay", alpha: float = 0.5) -> None:
+        super().__init__(keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"LabelOverlayd overlays one label key, got {self.keys}.")
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha!r}.")
+        self.image_key, self.output_key, self.alpha = image_key, output_key, float(alpha)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        label = torch.as_tensor(d[self.keys[0]]).long()
+        image = torch.as_tensor(d[self.image_key]).float()
+        if image.shape[0] != 3 or label.shape[0] != 1 or image.shape[1:] != label.shape[1:]:
+            raise ValueError(
+                f"LabelOverlayd needs an RGB '{self.image_key}' (3, *spatial) and a 1-channel '{self.keys[0]}' of the "
+                f"same size, got {tuple(image.shape)} and {tuple(label.shape)}."
+            )
+        low, high = float(image.min()), float(image.max())
+        if low < 0 or high > 255:
+            image = (image - low) / max(high - low, 1e-8) * 255
+        palette = torch.tensor((0, 0, 0) + tuple(c for colour in LABEL_PALETTE for c in colour), dtype=torch.float32)
+        palette = palette.reshape(-1, 3)
+        index = torch.where(label[0] > 0, (label[0] - 1) % len(LABEL_PALETTE) + 1, 0)
+        colour = palette[index].movedim(-1, 0)
+        blended = torch.where(label > 0, self.alpha * colour + (1 - self.alpha) * image, image)
+        overlay = blended.round().clamp(0, 255).to(torch.uint8)
+        source = d[self.image_key]
+        d[self.output_key] = MetaTensor(overlay, meta=dict(source.meta)) if isinstance(source, MetaTensor) else overlay
         return d

@@ -11,6 +11,8 @@ giving wrong results.
   length are verified, and truncation is detected), the header is parsed from the decompressed bytes and the voxels
   are decoded in place from the same buffer. It rejects files that are not single-file NIfTI, not a 3D scalar volume
   (4D, 2D, RGB / vector, complex), hold NaN or infinite values, or (unless allowed) are all zero or constant.
+- :func:`check_png_file` does the same for a 2D PNG frame or label map: every chunk's CRC and the whole zlib stream
+  are verified while it is decoded, and the colour mode must be the one expected (RGB frames, single-channel labels).
 - :func:`check_same_grid` checks that the files of one case share one voxel grid (shape and affine).
 - :class:`ValidationCache` remembers, in a JSON sidecar file, the fingerprint ``(size, mtime_ns)`` of every file that
   passed, so that checking a reused datalist again only reads the files that changed since.
@@ -39,6 +41,7 @@ from nibabel.nifti1 import Nifti1Header
 from nibabel.nifti2 import Nifti2Header
 from nibabel.spatialimages import HeaderDataError
 from nibabel.volumeutils import apply_read_scaling
+from PIL import Image, UnidentifiedImageError
 
 from shared_networks.io import write_text_atomically
 
@@ -46,6 +49,7 @@ __all__ = [
     "ImageFileSummary",
     "ValidationCache",
     "check_image_file",
+    "check_png_file",
     "check_same_grid",
     "default_num_workers",
     "run_checks",
@@ -78,8 +82,10 @@ class ImageFileSummary:
 
     Attributes:
         path: the file, as given.
-        shape: the 3D shape of the volume.
-        affine: the 4x4 voxel-to-world affine, as nibabel (and MONAI's ``NibabelReader``) reads it.
+        shape: the 3D shape of the volume; for a PNG (:func:`check_png_file`) its (width, height), the order of
+            MONAI's ``PILReader``.
+        affine: the 4x4 voxel-to-world affine, as nibabel (and MONAI's ``NibabelReader``) reads it; the identity for a
+            PNG, which has no geometry.
         dtype: the on-disk data type (numpy ``dtype.str``, e.g. ``"<i2"``).
         minimum: smallest voxel value (after the header's scaling).
         maximum: largest voxel value (after the header's scaling).
@@ -377,6 +383,91 @@ def check_image_file(
         shape=shape,
         affine=affine,
         dtype=dtype.str,
+        minimum=minimum,
+        maximum=maximum,
+        size=info.st_size,
+        mtime_ns=info.st_mtime_ns,
+        checked_ns=checked_ns,
+        data=array if keep_data else None,
+    )
+
+
+#: PNG colour modes (Pillow's names) by what they hold, for the messages of :func:`check_png_file`.
+_PNG_MODE_NAMES = {
+    "RGB": "RGB", "RGBA": "RGB with an alpha channel (RGBA)", "L": "grey-scale", "LA": "grey-scale with alpha",
+    "P": "palette-indexed", "PA": "palette-indexed with alpha", "1": "1-bit", "I": "32-bit grey-scale",
+    "I;16": "16-bit grey-scale", "I;16B": "16-bit grey-scale",
+}
+#: Single-channel modes a label map may be stored in (palette indices are the label values).
+_PNG_LABEL_MODES = ("L", "P", "1", "I", "I;16", "I;16B")
+
+
+def check_png_file(
+    path: str | os.PathLike,
+    context: str | None = None,
+    *,
+    rgb: bool = True,
+    allow_uniform: bool = False,
+    keep_data: bool = False,
+) -> ImageFileSummary:
+    """
+    Check one PNG file completely: it is a PNG, every chunk's CRC-32 and its zlib stream are intact (Pillow's
+    ``verify``, then a full decode, so truncation is reported), and it holds what is expected: an 8-bit RGB image
+    (``rgb=True``; an RGBA, grey-scale or palette image is refused, naming its mode) or a single-channel label map
+    (``rgb=False``: grey-scale, palette indices or 1-bit; RGB is refused). Unless ``allow_uniform`` it is not constant.
+
+    Args:
+        path: the file.
+        context: how messages introduce the file's owner, e.g. ``"frame 'instrument_dataset_1/frame000'"``.
+        rgb: expect an RGB image (True) or a single-channel map (False).
+        allow_uniform: accept images whose pixels are all equal (label maps may be all background).
+        keep_data: return the decoded pixels, (height, width[, 3]), in :attr:`ImageFileSummary.data`.
+
+    Returns:
+        the summary: (width, height) as ``shape``, the identity as ``affine``, the mode as ``dtype``, min/max, and
+        the fingerprint taken before it was read.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: any other failed check; the message names ``context``, the file and what was expected.
+    """
+    path = os.fspath(path)
+    where = _where(context)
+    expected = "an 8-bit RGB PNG" if rgb else "a single-channel label PNG (grey-scale or palette indices)"
+    checked_ns = time.time_ns()
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{where}file '{path}' does not exist.") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{where}'{path}' is not a regular file; expected {expected}.")
+    try:
+        with Image.open(path) as image:
+            if image.format != "PNG":
+                raise ValueError(f"{where}file '{path}' is a {image.format} image, expected {expected}.")
+            image.verify()
+        with Image.open(path) as image:
+            image.load()
+            mode, size = image.mode, image.size
+            array = np.asarray(image)
+    except UnidentifiedImageError as err:
+        raise ValueError(f"{where}file '{path}' is not an image Pillow can read; expected {expected}.") from err
+    except (OSError, SyntaxError, zlib.error) as err:  # Pillow reports bad CRCs as SyntaxError, truncation as OSError
+        raise ValueError(
+            f"{where}file '{path}' is corrupt or truncated ({err}); re-download or re-export it."
+        ) from err
+    if (rgb and mode != "RGB") or (not rgb and mode not in _PNG_LABEL_MODES):
+        raise ValueError(
+            f"{where}file '{path}' is a {_PNG_MODE_NAMES.get(mode, mode)} PNG (mode {mode}), expected {expected}."
+        )
+    minimum, maximum = float(array.min()), float(array.max())
+    if not allow_uniform and minimum == maximum:
+        raise ValueError(f"{where}file '{path}' is constant (every pixel is {minimum:g}); expected a real image.")
+    return ImageFileSummary(
+        path=path,
+        shape=(int(size[0]), int(size[1])),
+        affine=np.eye(4),
+        dtype=mode,
         minimum=minimum,
         maximum=maximum,
         size=info.st_size,

@@ -95,8 +95,9 @@ class SwinUMamba(_FreezableEncoderMixin, nn.Module):
         in_channels: input channels (3 for RGB frames).
         out_channels: output channels (classes, background included); the output is logits.
         spatial_dims: must be 2.
-        deep_supervision: return the four heads' logits, finest first (at H, H/2, H/4, H/8), instead of only the
-            full-resolution one.
+        deep_supervision: in training mode, return the four heads' logits, finest first (at H, H/2, H/4, H/8),
+            instead of only the full-resolution one; in eval mode the output is always the full-resolution logits
+            (as MONAI's ``DynUNet``; the release's trainer switches it off for validation and inference).
         feature_size: width of the stem; the skips are 1, 2, 4, 8 and 16 times it, the encoder stages 2 ... 16 times.
             48 is VMamba-Tiny's layout (needed for the ImageNet weights).
         depths: VSS blocks per encoder stage ((2, 2, 9, 2) = VMamba-Tiny).
@@ -169,7 +170,7 @@ class SwinUMamba(_FreezableEncoderMixin, nn.Module):
         dec2 = self.decoder4(dec3, enc3)
         dec1 = self.decoder3(dec2, enc2)
         dec_out = self.decoder1(self.decoder2(dec1, enc1))
-        if not self.deep_supervision:
+        if not (self.deep_supervision and self.training):
             return self.out_layers[0](dec_out)
         return [head(feature) for head, feature in zip(self.out_layers, (dec_out, dec1, dec2, dec3))]
 
@@ -196,8 +197,8 @@ class SwinUMambaD(_FreezableEncoderMixin, nn.Module):
         in_channels: input channels (3 for RGB frames; the ImageNet patch embedding loads only then).
         out_channels: output channels (classes, background included); the output is logits.
         spatial_dims: must be 2.
-        deep_supervision: return the four heads' logits, finest first (at H, H/4, H/8, H/16), instead of only the
-            full-resolution one.
+        deep_supervision: in training mode, return the four heads' logits, finest first (at H, H/4, H/8, H/16),
+            instead of only the full-resolution one; in eval mode the output is always the full-resolution logits.
         feature_size: width of the first encoder stage; the stages are 1, 2, 4 and 8 times it (96 = VMamba-Tiny).
         depths: VSS blocks per encoder stage ((2, 2, 9, 2) = VMamba-Tiny).
         decoder_depth: VSS blocks per decoder stage.

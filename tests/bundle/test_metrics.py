@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from shared_networks.bundle.metrics import NanAwareHausdorffDistance, NanAwareMeanDice
+from shared_networks.bundle.metrics import NanAwareHausdorffDistance, NanAwareMeanDice, PresentLabelDiceMetric
 
 
 def _cubes() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -46,3 +46,42 @@ def test_dice_per_class_and_scalar():
     assert math.isnan(empty.compute())
     overall = _compute(NanAwareMeanDice(include_background=True, save_details=False))
     assert overall == pytest.approx(0.75)  # the empty class is skipped, as in MONAI
+
+
+def _squares(shift: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image, classes background + 1: a 10x10 square and the same square shifted right by ``shift`` pixels."""
+    pred, label = torch.zeros(1, 2, 32, 32), torch.zeros(1, 2, 32, 32)
+    label[0, 1, 5:15, 5:15] = 1
+    pred[0, 1, 5:15, 5 + shift:15 + shift] = 1
+    pred[:, 0], label[:, 0] = 1 - pred[:, 1], 1 - label[:, 1]
+    return pred, label
+
+
+def test_present_label_dice_counts_only_classes_in_label_or_prediction():
+    metric = PresentLabelDiceMetric("dice")
+    pred, label = torch.zeros(2, 4, 8, 8), torch.zeros(2, 4, 8, 8)
+    label[0, 1, 0:2, 0:2] = 1  # image 0: class 1 = 4 pixels, predicted on 2 of them plus 2 others
+    pred[0, 1, 0:2, 1:3] = 1  # classes 2 and 3 in neither: not counted
+    pred[1, 1, 4:6, 4:6] = 1  # image 1: class 1 predicted but absent from the label: 0
+    label[1, 2:, 6:8, 6:8] = pred[1, 2:, 6:8, 6:8] = 1  # classes 2 and 3 exact: 1
+    for tensor in (pred, label):
+        tensor[:, 0] = (tensor[:, 1:].sum(1) == 0).float()
+    metric(pred, label)
+    values = metric.get_buffer()
+    assert values[0, 0].item() == pytest.approx(0.5) and values[0, 1:].isnan().all()
+    assert values[1].tolist() == [0.0, 1.0, 1.0]
+    # per image over its counted classes (0.5 and 2/3), then over images; not the mean of all values (0.625)
+    assert metric.aggregate().item() == pytest.approx((0.5 + 2 / 3) / 2)
+
+
+def test_present_label_nsd_at_two_pixels():
+    metric = PresentLabelDiceMetric("nsd", tolerance=2)
+    metric(*_squares(1))
+    assert metric.aggregate().item() == pytest.approx(1.0)  # every boundary pixel is 1 pixel from the other
+    metric.reset()
+    strict = PresentLabelDiceMetric("nsd", tolerance=0)
+    strict(*_squares(3))
+    # 36 boundary pixels each; shifted by 3, the top and bottom rows share 7 pixels each: (14 + 14) / (36 + 36)
+    assert strict.aggregate().item() == pytest.approx(28 / 72)
+    with pytest.raises(ValueError, match="'dice' or 'nsd'"):
+        PresentLabelDiceMetric("hd95")
