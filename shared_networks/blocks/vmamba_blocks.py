@@ -311,7 +311,11 @@ class VMambaEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(batch, C_in, H, W) -> the output of every stage before its merging, channels-first, at H / patch,
         H / (2 patch), ..."""
-        x = self.patch_embed(x)
+        return self.forward_tokens(self.patch_embed(x))
+
+    def forward_tokens(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The stages from the patch embedding's output, (batch, H / patch, W / patch, dims[0]) channels-last (where
+        masked image modelling replaces masked tokens)."""
         features = []
         for i, layer in enumerate(self.layers):
             x = layer(x)

@@ -31,7 +31,7 @@ class AtomicNibabelWriter(NibabelWriter):
 
     def write(self, filename: str | os.PathLike, verbose: bool = False, **obj_kwargs: Any) -> None:
         with atomic_path(filename, keep_extension=True) as temporary:
-            super().write(temporary, verbose=verbose, **obj_kwargs)
+            super().write(temporary, verbose=False, **obj_kwargs)
         if verbose:
             logger.info("Wrote '%s'.", os.fspath(filename))
 
@@ -42,7 +42,7 @@ class AtomicPILWriter(PILWriter):
 
     def write(self, filename: str | os.PathLike, verbose: bool = False, **kwargs: Any) -> None:
         with atomic_path(filename, keep_extension=True) as temporary:
-            super().write(temporary, verbose=verbose, **kwargs)
+            super().write(temporary, verbose=False, **kwargs)
         if verbose:
             logger.info("Wrote '%s'.", os.fspath(filename))
 

@@ -23,7 +23,7 @@ from .endovis import (
     merge_instrument_masks,
     validate_endovis_cases,
 )
-from .transforms import LABEL_PALETTE, ConvertToBratsRegions, ConvertToBratsRegionsd, LabelOverlayd
+from .transforms import LABEL_PALETTE, ConvertToBratsRegions, ConvertToBratsRegionsd, LabelOverlayd, RandMaskCellsd
 from .validation import (
     ImageFileSummary,
     ValidationCache,
@@ -56,6 +56,7 @@ __all__ = [
     "make_brats_datalist",
     "make_endovis_datalist",
     "merge_instrument_masks",
+    "RandMaskCellsd",
     "run_checks",
     "split_case_names",
     "validate_brats_cases",

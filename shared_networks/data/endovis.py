@@ -459,6 +459,7 @@ def generate_endovis_phantoms(
     shape: Sequence[int] = (96, 128),
     layout: str = "endovis17",
     seed: int = 0,
+    num_cases: int | None = None,
 ) -> list[str]:
     """
     Write synthetic endoscopy-like RGB frames with instrument-shaped objects of the 7 classes, for demos and tests.
@@ -477,6 +478,8 @@ def generate_endovis_phantoms(
         shape: (height, width) of the frames, at least 32 each.
         layout: "endovis17" or "plain".
         seed: base seed.
+        num_cases: the number of frames in all, instead of ``num_videos * frames_per_video``: spread over the
+            ``num_videos`` videos, the first ones taking one more where it does not divide.
 
     Returns:
         the paths of the frames written, sorted.
@@ -486,10 +489,14 @@ def generate_endovis_phantoms(
         raise ValueError(f"shape must be (height, width) of at least 32 pixels each, got {tuple(shape)}.")
     if layout not in ("endovis17", "plain"):
         raise ValueError(f"layout must be 'endovis17' or 'plain', got {layout!r}.")
+    if num_cases is not None and (num_cases < 1 or num_videos < 1):
+        raise ValueError(f"num_cases and num_videos must be at least 1, got {num_cases} and {num_videos}.")
+    counts = [frames_per_video] * num_videos if num_cases is None else [
+        num_cases // num_videos + (video < num_cases % num_videos) for video in range(num_videos)]
     output_dir = os.path.abspath(os.fspath(output_dir))
     frames = []
-    for video in range(1, num_videos + 1):
-        for index in range(frames_per_video):
+    for video, count in enumerate(counts, start=1):
+        for index in range(count):
             rgb, masks = _phantom_frame(height, width, np.random.default_rng([seed, video, index]))
             name = f"frame{index:03d}"
             if layout == "endovis17":

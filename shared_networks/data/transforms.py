@@ -1,7 +1,8 @@
 # Copyright (c) the shared_networks contributors.
 # Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
 # the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-"""Label transforms: BraTS 2023 regions, and colour overlays of 2D label maps on their RGB frames."""
+"""Task transforms: BraTS 2023 regions, colour overlays of 2D label maps on their RGB frames, and the random cell
+masks of masked image modelling."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ import torch
 from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Transform
+from monai.transforms import MapTransform, RandomizableTransform, Transform
 from monai.transforms.utils_pytorch_numpy_unification import unique
 from monai.utils import TransformBackends, convert_to_dst_type
 
 from shared_networks.data.brats import BRATS_LABELS, BRATS_REGIONS
 
-__all__ = ["ConvertToBratsRegions", "ConvertToBratsRegionsd", "LABEL_PALETTE", "LabelOverlayd"]
+__all__ = ["ConvertToBratsRegions", "ConvertToBratsRegionsd", "LABEL_PALETTE", "LabelOverlayd", "RandMaskCellsd"]
 
 #: RGB colours of labels 1, 2, ... in overlays (label 0, background, is left uncoloured); repeats after 12.
 LABEL_PALETTE = (
@@ -108,10 +109,19 @@ class LabelOverlayd(MapTransform):
         image_key: the RGB frame, channel-first (3, *spatial), of the label's spatial size.
         output_key: where the overlay goes.
         alpha: opacity of the label colours.
+        allow_missing_keys: do nothing when the label or the frame is missing (e.g. MONAI Label serves the label
+            map only, without the file name of the frame).
     """
 
-    def __init__(self, keys: KeysCollection, image_key: str, output_key: str = "overlay", alpha: float = 0.5) -> None:
-        super().__init__(keys)
+    def __init__(
+        self,
+        keys: KeysCollection,
+        image_key: str,
+        output_key: str = "overlay",
+        alpha: float = 0.5,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
         if len(self.keys) != 1:
             raise ValueError(f"LabelOverlayd overlays one label key, got {self.keys}.")
         if not 0 <= alpha <= 1:
@@ -120,6 +130,8 @@ class LabelOverlayd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
+        if self.allow_missing_keys and (self.keys[0] not in d or self.image_key not in d):
+            return d
         label = torch.as_tensor(d[self.keys[0]]).long()
         image = torch.as_tensor(d[self.image_key]).float()
         if image.shape[0] != 3 or label.shape[0] != 1 or image.shape[1:] != label.shape[1:]:
@@ -138,4 +150,52 @@ class LabelOverlayd(MapTransform):
         overlay = blended.round().clamp(0, 255).to(torch.uint8)
         source = d[self.image_key]
         d[self.output_key] = MetaTensor(overlay, meta=dict(source.meta)) if isinstance(source, MetaTensor) else overlay
+        return d
+
+
+class RandMaskCellsd(RandomizableTransform, MapTransform):
+    """
+    A random mask of square cells for masked image modelling (SimMIM; Swin-UMamba†, TMI Sec. III-F): the image is
+    tiled into ``cell_size`` x ``cell_size`` cells, and ``ceil(mask_ratio * cells)`` of them, drawn uniformly, are
+    masked (for 192 x 192 images, 32-pixel cells and ratio 0.6: 22 of 36 cells). The mask, float (1, *spatial),
+    1 = masked, is stored under ``output_key`` with the image's meta data.
+
+    Args:
+        keys: the image key (one key; channel-first, spatial sizes divisible by ``cell_size``).
+        output_key: where the mask goes.
+        cell_size: side of a cell in pixels (a multiple of the network's token size).
+        mask_ratio: fraction of cells masked, in (0, 1].
+    """
+
+    def __init__(self, keys: KeysCollection, output_key: str = "mask", cell_size: int = 32,
+                 mask_ratio: float = 0.6) -> None:
+        RandomizableTransform.__init__(self, prob=1.0)
+        MapTransform.__init__(self, keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"RandMaskCellsd masks one image key, got {self.keys}.")
+        if not 0 < mask_ratio <= 1:
+            raise ValueError(f"mask_ratio must be in (0, 1], got {mask_ratio!r}.")
+        if cell_size < 1:
+            raise ValueError(f"cell_size must be a positive number of pixels, got {cell_size!r}.")
+        self.output_key, self.cell_size, self.mask_ratio = output_key, int(cell_size), float(mask_ratio)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        image = d[self.keys[0]]
+        spatial = tuple(image.shape[1:])
+        if any(size % self.cell_size for size in spatial):
+            raise ValueError(
+                f"RandMaskCellsd: the image is {spatial} pixels, not divisible by cell_size {self.cell_size}; crop or "
+                "resize it to a multiple first."
+            )
+        grid = tuple(size // self.cell_size for size in spatial)
+        cells = int(np.prod(grid))
+        chosen = self.R.permutation(cells)[: int(np.ceil(self.mask_ratio * cells))]
+        mask = np.zeros(cells, np.float32)
+        mask[chosen] = 1
+        mask = mask.reshape(grid)
+        for axis in range(len(grid)):
+            mask = mask.repeat(self.cell_size, axis=axis)
+        mask = torch.as_tensor(mask[None])
+        d[self.output_key] = MetaTensor(mask, meta=dict(image.meta)) if isinstance(image, MetaTensor) else mask
         return d

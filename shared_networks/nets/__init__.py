@@ -5,6 +5,13 @@
 test (``tests/nets/test_network_contract.py``)."""
 
 from .segmamba import SegMamba
-from .swin_umamba import SwinUMamba, SwinUMambaD, VMambaLoadReport, load_vmamba_pretrained
+from .swin_umamba import SwinUMamba, SwinUMambaD, VMambaLoadReport, load_vmamba_pretrained, save_vmamba_encoder
 
-__all__ = ["SegMamba", "SwinUMamba", "SwinUMambaD", "VMambaLoadReport", "load_vmamba_pretrained"]
+__all__ = [
+    "SegMamba",
+    "SwinUMamba",
+    "SwinUMambaD",
+    "VMambaLoadReport",
+    "load_vmamba_pretrained",
+    "save_vmamba_encoder",
+]

@@ -6,7 +6,9 @@
 - Liu, Yang, Zhou, Li, Liu: "Swin-UMamba: Mamba-based UNet with ImageNet-based pretraining", MICCAI 2024,
   https://arxiv.org/abs/2402.03302 (``SwinUMamba``, the CNN decoder).
 - Liu et al.: "Swin-UMamba†: Adapting Mamba-based vision foundation models for medical image segmentation",
-  IEEE TMI (``SwinUMambaD``, the Mamba decoder).
+  IEEE TMI (``SwinUMambaD``, the Mamba decoder; ``SwinUMambaMIM``, the masked-image-modelling adaptation of
+  Sec. III-F, which the authors did not release: built after SimMIM, https://github.com/microsoft/SimMIM, whose
+  recipe the paper's numbers match).
 
 Authors' code: https://github.com/JiarunLiu/Swin-UMamba (``nnunetv2/nets/SwinUMamba.py``, ``SwinUMambaD.py``).
 The ImageNet encoder is VMamba-Tiny v0 (``vssmtiny_dp01_ckpt_epoch_292.pth``, https://github.com/MzeroMiko/VMamba,
@@ -28,8 +30,16 @@ from monai.networks.blocks.unetr_block import UnetrBasicBlock, UnetrUpBlock
 
 from shared_networks.blocks.vmamba_blocks import SwinUMambaDecoder, VMambaEncoder
 from shared_networks.bundle.checkpoints import CheckpointError, check_finite, read_checkpoint, unwrap_module
+from shared_networks.io import save_atomically
 
-__all__ = ["SwinUMamba", "SwinUMambaD", "VMambaLoadReport", "load_vmamba_pretrained"]
+__all__ = [
+    "SwinUMamba",
+    "SwinUMambaD",
+    "SwinUMambaMIM",
+    "VMambaLoadReport",
+    "load_vmamba_pretrained",
+    "save_vmamba_encoder",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -247,6 +257,99 @@ class SwinUMambaD(_FreezableEncoderMixin, nn.Module):
         return self.decoder(self.vssm_encoder(x_in))
 
 
+class SwinUMambaMIM(_FreezableEncoderMixin, nn.Module):
+    """The self-supervised adaptation network of Swin-UMamba† (TMI, Sec. III-F): masked image modelling on the
+    unlabeled images of the target domain, in the SimMIM form. The tokens of the masked cells are replaced, after the
+    patch embedding, by one learnable ``mask_token``; the VMamba encoder runs on all tokens; a final LayerNorm and a
+    one-layer head (1x1 convolution to ``32 * 32 * in_channels`` channels and a 32x pixel shuffle) predict the pixels.
+    Train it with :class:`shared_networks.losses.MaskedL1Loss` (L1 on the masked pixels only); its encoder then
+    initialises :class:`SwinUMambaD` or :class:`SwinUMamba` through :func:`save_vmamba_encoder` and
+    :func:`load_vmamba_pretrained`, like the ImageNet weights. Not a segmentation network: it is not exported by
+    :mod:`shared_networks.nets`.
+
+    Args:
+        in_channels: image channels (3 for RGB; the ImageNet patch embedding loads only then).
+        feature_size: width of the first encoder stage (96 = VMamba-Tiny).
+        depths: VSS blocks per encoder stage.
+        d_state: SSM state size.
+        drop_path_rate: stochastic depth (SimMIM uses 0).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        feature_size: int = 96,
+        depths: Sequence[int] = (2, 2, 9, 2),
+        d_state: int = 16,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        dims = [feature_size * 2**i for i in range(len(depths))]
+        self.vssm_encoder = VMambaEncoder(
+            patch_size=4, in_chans=in_channels, depths=depths, dims=dims, d_state=d_state,
+            drop_path_rate=drop_path_rate,
+        )
+        self.stride = 4 * 2 ** (len(depths) - 1)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, dims[0]))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.norm = nn.LayerNorm(dims[-1])
+        self.head = nn.Sequential(
+            nn.Conv2d(dims[-1], self.stride**2 * in_channels, kernel_size=1), nn.PixelShuffle(self.stride)
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """
+        Args:
+            x: images, (batch, in_channels, H, W), H and W divisible by 32.
+            mask: 1 where pixels are masked, (batch, 1, H, W), constant over 4x4 tokens (e.g. from
+                :class:`shared_networks.data.RandMaskCellsd`); None masks nothing.
+
+        Returns:
+            the reconstruction, (batch, in_channels, H, W).
+        """
+        _check_input_size("SwinUMambaMIM", x, self.in_channels)
+        tokens = self.vssm_encoder.patch_embed(x)
+        if mask is not None:
+            if mask.shape[0] != x.shape[0] or mask.shape[-2:] != x.shape[-2:]:
+                raise ValueError(
+                    f"mask must be (batch, 1, H, W) of the image's size {tuple(x.shape[-2:])}, got {tuple(mask.shape)}."
+                )
+            # the value at each 4x4 token's first pixel, channels-last
+            token_mask = mask[:, :1, ::4, ::4].permute(0, 2, 3, 1).to(tokens.dtype)
+            tokens = tokens * (1 - token_mask) + self.mask_token * token_mask
+        deepest = self.vssm_encoder.forward_tokens(tokens)[-1]
+        deepest = self.norm(deepest.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.head(deepest)
+
+
+def _vmamba_v0_name(encoder_key: str) -> str:
+    return re.sub(r"^downsamples\.(\d+)\.", r"layers.\1.downsample.", encoder_key)
+
+
+def save_vmamba_encoder(network: nn.Module, path: str | os.PathLike) -> str:
+    """
+    Write the VMamba encoder of a network (:class:`SwinUMambaMIM` after adaptation, or either segmentation network) as
+    a VMamba v0 checkpoint: ``{'model': tensors}`` under the names of ``vssmtiny_dp01_ckpt_epoch_292.pth`` (plus the
+    final ``norm`` of :class:`SwinUMambaMIM`), so :func:`load_vmamba_pretrained` reads it as it reads the ImageNet file.
+    Written atomically; tensors only (it loads with ``weights_only=True``).
+
+    Returns:
+        the path written.
+    """
+    module = unwrap_module(network)
+    encoder = getattr(module, "vssm_encoder", None)
+    if not isinstance(encoder, VMambaEncoder):
+        raise TypeError(f"save_vmamba_encoder needs a network with a VMamba encoder, got {type(module).__name__}.")
+    weights = {_vmamba_v0_name(k): v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
+    if isinstance(module, SwinUMambaMIM):
+        weights.update({f"norm.{k}": v.detach().cpu().clone() for k, v in module.norm.state_dict().items()})
+    check_finite(weights, f"refusing to write the encoder of {type(module).__name__} to '{os.fspath(path)}'")
+    save_atomically({"model": weights}, path)
+    logger.info("Wrote the VMamba encoder (%d tensors) to '%s'.", len(weights), os.fspath(path))
+    return os.fspath(path)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the ImageNet VMamba-Tiny (v0) checkpoint
 
@@ -364,7 +467,7 @@ def load_vmamba_pretrained(network: nn.Module, path: str | os.PathLike) -> VMamb
     no_place, mismatched, filled = [], [], {}
     for key, value in weights.items():
         if key in _CLASSIFIER_KEYS:
-            report.skipped[key] = "ImageNet classifier tensors"
+            report.skipped[key] = "classifier or final-norm tensors (not part of the encoder)"
             continue
         name = re.sub(r"^layers\.(\d+)\.downsample\.", r"downsamples.\1.", key)
         if name.startswith("patch_embed.") and not patch_embed_fits:

@@ -42,16 +42,14 @@ def test_sigkill_then_resume(bundle: Path, tmp_path: Path):
     with open(log_path, "w") as log:
         first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=work)
         deadline = time.monotonic() + 600
-        # wait for the first epoch's training state, then kill mid-way through the next epoch
+        # wait for the first epoch's training state, then kill in the next epoch (reduced epochs of some bundles take
+        # well under a second, hence the short polling)
         while not SAVED.search(log_path.read_text()) and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert first.poll() is None, ("the first run ended before it could be interrupted:\n"
-                                      + log_path.read_text()[-4000:])
-        assert state_file.is_file(), log_path.read_text()[-4000:]
-        time.sleep(2.0)
+            time.sleep(0.02)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
     first_log = log_path.read_text()
+    assert state_file.is_file(), first_log[-4000:]
     saved_before_kill = max(int(e) for e in SAVED.findall(first_log))
     assert saved_before_kill < EPOCHS, "the run finished before SIGKILL; nothing to resume"
 

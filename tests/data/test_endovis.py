@@ -277,3 +277,9 @@ def test_overlay_and_label_png_round_trip_at_the_input_resolution(tmp_path):
                                atol=0.5)
     np.testing.assert_array_equal(overlay[0, 0], rgb[0, 0])  # background keeps the frame
     assert sorted(os.listdir(tmp_path / "out")) == ["f_overlay.png", "f_seg.png"]  # no temporary left
+
+
+def test_phantoms_num_cases_spreads_frames_over_videos(tmp_path):
+    frames = generate_endovis_phantoms(tmp_path, num_videos=3, num_cases=7, shape=(32, 32))
+    per_video = [sum(f"instrument_dataset_{v}/" in f for f in frames) for v in (1, 2, 3)]
+    assert per_video == [3, 2, 2]
