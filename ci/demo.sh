@@ -2,15 +2,23 @@
 # Copyright (c) the shared_networks contributors.
 # Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
 # the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-# CPU demo of the bundle bundles/segmamba_brats (README's main command), a few minutes on 2 cores:
-#   1. deterministic synthetic BraTS-layout cases (shared_networks.data.generate_brats_phantoms) in demo/data
+# CPU demo of one bundle, a few minutes on 2 cores:
+#   bash ci/demo.sh                          bundles/segmamba_brats (README's main command)
+#   bash ci/demo.sh swin_umamba_endoscopy    bundles/swin_umamba_endoscopy
+#   1. deterministic synthetic data in the dataset's real layout (generate_brats_phantoms / generate_endovis_phantoms)
 #   2. evaluate.yaml on the untrained network (random init, no checkpoint loaded)
 #   3. `run training` with a reduced configuration given as command-line overrides (no copy of the configs)
 #   4. evaluate.yaml on the trained models/model.pt
 # and prints the test-split Dice of both; exits non-zero unless training clearly improved it.
-# Environment: DEMO_DIR (default demo), DEMO_EPOCHS (3), DEMO_ITERATIONS (10), DEMO_MIN_GAIN (0.15).
+# Environment: DEMO_DIR (default demo), DEMO_EPOCHS, DEMO_ITERATIONS (3 x 10 for SegMamba, 8 x 20 for Swin-UMamba),
+# DEMO_MIN_GAIN (0.15).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+BUNDLE=${1:-segmamba_brats}
+case "$BUNDLE" in
+    segmamba_brats|swin_umamba_endoscopy) ;;
+    *) echo "usage: bash ci/demo.sh [segmamba_brats|swin_umamba_endoscopy] (got '$BUNDLE')" >&2; exit 2 ;;
+esac
 start=$SECONDS
 log() { echo "[demo $(printf '%4d' $((SECONDS - start)))s] $*"; }
 # step LOG PATTERN COMMAND...: runs COMMAND showing the lines that match PATTERN as they come; full output in LOG
@@ -31,37 +39,54 @@ step() {
 bash ci/setup.sh
 PY=$PWD/.venv/bin/python
 DEMO_DIR=$(mkdir -p "${DEMO_DIR:-demo}" && cd "${DEMO_DIR:-demo}" && pwd)
-DATA=$DEMO_DIR/data
-ROOT=$DEMO_DIR/segmamba_brats
-EPOCHS=${DEMO_EPOCHS:-3}
-ITERATIONS=${DEMO_ITERATIONS:-10}
+ROOT=$DEMO_DIR/$BUNDLE
 MIN_GAIN=${DEMO_MIN_GAIN:-0.15}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-
-log "writing 12 phantom BraTS cases (48^3) to $DATA"
-rm -rf "$DATA" "$ROOT"
+rm -rf "$ROOT"
 mkdir -p "$ROOT/logs"
-"$PY" -c "from shared_networks.data import generate_brats_phantoms as g; g('$DATA', num_cases=12, shape=(48, 48, 48), seed=0)"
 
-cd bundles/segmamba_brats
-# the reduced configuration: 32^3 patches, SegMamba with widths (8, 16, 32, 64) and a 64-wide bottleneck
-REDUCED=(--bundle_root "$ROOT" --dataset_dir "$DATA" --patch_size "[32,32,32]"
-         --network_def#feature_sizes "[8,16,32,64]" --network_def#hidden_size 64
-         --batch_size 2 --num_workers 0 --sw_batch_size 2)
+if [ "$BUNDLE" = segmamba_brats ]; then
+    DATA=$DEMO_DIR/data
+    EPOCHS=${DEMO_EPOCHS:-3}
+    ITERATIONS=${DEMO_ITERATIONS:-10}
+    log "writing 12 phantom BraTS cases (48^3) to $DATA"
+    rm -rf "$DATA"
+    "$PY" -c "from shared_networks.data import generate_brats_phantoms as g; g('$DATA', num_cases=12, shape=(48, 48, 48), seed=0)"
+    # the reduced configuration: 32^3 patches, SegMamba with widths (8, 16, 32, 64) and a 64-wide bottleneck
+    REDUCED=(--bundle_root "$ROOT" --dataset_dir "$DATA" --patch_size "[32,32,32]"
+             --network_def#feature_sizes "[8,16,32,64]" --network_def#hidden_size 64
+             --batch_size 2 --num_workers 0 --sw_batch_size 2)
+    TRAIN_EXTRA=()
+else
+    DATA=$DEMO_DIR/data_endovis
+    EPOCHS=${DEMO_EPOCHS:-8}
+    ITERATIONS=${DEMO_ITERATIONS:-20}
+    log "writing 48 synthetic EndoVis 2017 frames (6 videos, 96x128, challenge layout) to $DATA"
+    rm -rf "$DATA"
+    "$PY" -c "from shared_networks.data import generate_endovis_phantoms as g; g('$DATA', num_videos=6, frames_per_video=8, shape=(96, 128), seed=0)"
+    # the reduced configuration: whole 96x128 frames, Swin-UMamba with a 16-wide stem and one VSS block per stage,
+    # from scratch, at 10x the release's learning rate so that a few CPU minutes show learning
+    REDUCED=(--bundle_root "$ROOT" --dataset_dir "$DATA" --patch_size "[96,128]"
+             --network_def#feature_size 16 --network_def#depths "[1,1,1,1]" --network_def#drop_path_rate 0
+             --batch_size 4 --num_workers 0 --sw_batch_size 2)
+    TRAIN_EXTRA=(--learning_rate 1e-3)
+fi
+
+cd "bundles/$BUNDLE"
 EVALUATE=(run --config_file "['configs/train.yaml','configs/evaluate.yaml']")
 
 log "evaluating the untrained network on the testing split"
-step "$ROOT/logs/evaluate_untrained.log" "Validated|Wrote datalist|Metrics" \
+step "$ROOT/logs/evaluate_untrained.log" "Validated|Wrote datalist|Metrics|val_mean" \
     "$PY" -m monai.bundle "${EVALUATE[@]}" "${REDUCED[@]}" --output_dir "$ROOT/eval_untrained" \
     --validate#handlers#0#_disabled_ true
 
 log "training: $EPOCHS epochs x $ITERATIONS iterations (python -m monai.bundle run training ...)"
 step "$ROOT/logs/train.log" "Iter: [0-9]+/$ITERATIONS -- |Epoch\[[0-9]+\] Metrics" \
-    "$PY" -m monai.bundle run training --config_file configs/train.yaml "${REDUCED[@]}" \
+    "$PY" -m monai.bundle run training --config_file configs/train.yaml "${REDUCED[@]}" ${TRAIN_EXTRA[@]+"${TRAIN_EXTRA[@]}"} \
     --epochs "$EPOCHS" --iterations_per_epoch "$ITERATIONS" --val_interval 1
 
 log "evaluating the trained models/model.pt on the testing split"
-step "$ROOT/logs/evaluate_trained.log" "Restored|Metrics" \
+step "$ROOT/logs/evaluate_trained.log" "Restored|Metrics|val_mean" \
     "$PY" -m monai.bundle "${EVALUATE[@]}" "${REDUCED[@]}" --output_dir "$ROOT/eval_trained"
 
 log "done in $((SECONDS - start)) s; outputs in $ROOT"
@@ -71,9 +96,14 @@ import sys
 
 root, min_gain = sys.argv[1], float(sys.argv[2])
 untrained, trained = (json.load(open(f"{root}/{name}/metrics_summary.json"))["metrics"] for name in ("eval_untrained", "eval_trained"))
-print(f"{'test-split Dice':<18}{'TC':>8}{'WT':>8}{'ET':>8}{'mean':>8}")
+if "val_dice" in trained:  # SegMamba: Dice per region
+    columns = [("TC", lambda m: m["val_dice"]["TC"]), ("WT", lambda m: m["val_dice"]["WT"]),
+               ("ET", lambda m: m["val_dice"]["ET"]), ("mean", lambda m: m["val_mean_dice"])]
+else:  # Swin-UMamba: DSC and NSD over the instruments present in each frame
+    columns = [("DSC", lambda m: m["val_mean_dice"]), ("NSD", lambda m: m["val_mean_nsd"])]
+print(f"{'test split':<18}" + "".join(f"{name:>8}" for name, _ in columns))
 for label, metrics in (("untrained", untrained), ("trained", trained)):
-    row = [metrics["val_dice"][region] for region in ("TC", "WT", "ET")] + [metrics["val_mean_dice"]]
+    row = [value(metrics) for _, value in columns]
     print(f"{label:<18}" + "".join(f"{'n/a' if v is None else format(v, '.3f'):>8}" for v in row))
 gain = trained["val_mean_dice"] - untrained["val_mean_dice"]
 if not gain >= min_gain:
