@@ -23,22 +23,15 @@ import time
 import torch
 
 
-def sequential_reference_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, **_):
-    """:func:`shared_networks.ssm.reference.selective_scan_ref` (float32) in the signature the Mamba layer calls."""
-    from shared_networks.ssm.reference import selective_scan_ref
-
-    out, _ = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    return out.to(u.dtype)
-
-
 def run_variant(variant: str, size: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     import shared_networks.blocks.mamba as mamba_module
     from shared_networks.nets import SegMamba
     from shared_networks.ssm import selective_scan_backend
+    from shared_networks.ssm.reference import selective_scan_ref_output
 
     if variant == "reference":
-        mamba_module.selective_scan = sequential_reference_scan
+        mamba_module.selective_scan = selective_scan_ref_output
         backend = "sequential reference"
     else:
         backend = selective_scan_backend(torch.device("cpu"))

@@ -73,21 +73,15 @@ def count_flops(name: str, size: int, in_channels: int, classes: int) -> dict:
     }
 
 
-def sequential_reference_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, **_):
-    """:func:`shared_networks.ssm.reference.selective_scan_ref` in the signature SS2D calls."""
-    from shared_networks.ssm.reference import selective_scan_ref
-
-    out, _ = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    return out.to(u.dtype)
-
 
 def time_forward(name: str, variant: str, size: int, in_channels: int, classes: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     import shared_networks.blocks.vmamba_blocks as vmamba_blocks
     from shared_networks.ssm import selective_scan_backend
+    from shared_networks.ssm.reference import selective_scan_ref_output
 
     if variant == "reference":
-        vmamba_blocks.selective_scan = sequential_reference_scan
+        vmamba_blocks.selective_scan = selective_scan_ref_output
         backend = "sequential reference"
     else:
         backend = selective_scan_backend(torch.device("cpu"))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["selective_scan_ref", "selective_scan_ref_numpy", "causal_conv1d_ref"]
+__all__ = ["selective_scan_ref", "selective_scan_ref_numpy", "selective_scan_ref_output", "causal_conv1d_ref"]
 
 
 def _accumulation_dtype(dtype: torch.dtype | None, u: torch.Tensor) -> torch.dtype:
@@ -80,6 +80,13 @@ def selective_scan_ref(
     if z is not None:
         y = y * F.silu(z.to(acc))
     return y, state
+
+
+def selective_scan_ref_output(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, **_):
+    """:func:`selective_scan_ref` in the call signature of :func:`shared_networks.ssm.selective_scan` (output only, in
+    ``u``'s dtype), so benchmarks can put the sequential scan in place of the fast one inside a layer."""
+    out, _ = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return out.to(u.dtype)
 
 
 def selective_scan_ref_numpy(
