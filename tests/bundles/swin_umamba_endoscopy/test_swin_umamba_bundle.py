@@ -182,3 +182,59 @@ def test_bad_input_is_refused_naming_the_file(trained, tmp_path, problem):
     for text in expected:
         assert text in message, message[-3000:]
     assert not (tmp_path / "run" / "models" / "model.pt").exists()
+
+
+@pytest.mark.slow
+def test_encoder_freezing_under_ddp_then_resume_into_the_trainable_phase(trained, tmp_path):
+    """2 ranks (gloo): a pretrained encoder stays exactly as loaded through the frozen epoch while the decoder trains,
+    then a resume with more epochs lands in the trainable phase and the encoder moves."""
+    from conftest import free_port, subprocess_env
+
+    from shared_networks.nets import save_vmamba_encoder
+
+    torch.manual_seed(5)
+    pretrained = SwinUMamba(3, 8, feature_size=8, depths=(1, 1, 1, 1))
+    encoder_path = save_vmamba_encoder(pretrained, tmp_path / "encoder.pt")
+    run = tmp_path / "run"
+
+    def ddp_training(epochs: int, *extra: str) -> str:
+        config = "['configs/train.yaml','configs/multi_gpu_train.yaml']"
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+                   "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "monai.bundle", "run",
+                   "training", "--config_file", config, "--bundle_root", str(run), "--dataset_dir",
+                   str(trained["data"]), *REDUCED, "--epochs", str(epochs), "--iterations_per_epoch", "2",
+                   "--batch_size", "2", "--val_interval", "1", "--freeze_encoder_epochs", "1",
+                   "--pretrained_path", encoder_path, *extra]
+        result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, env=subprocess_env(),
+                                timeout=600)
+        return _ok(result).stdout + result.stderr
+
+    names = [name for name, _ in pretrained.named_parameters()]  # the optimizer's parameter order
+
+    def last_checkpoint() -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+        """(network weights, AdamW step count of each parameter that has optimizer state) of checkpoint_last.pt"""
+        checkpoint = torch.load(run / "models" / "checkpoint_last.pt", weights_only=True)
+        steps = {names[i]: int(state["step"]) for i, state in checkpoint["optimizer"]["state"].items()}
+        return checkpoint["network"], steps
+
+    released = pretrained.state_dict()
+    # frozen: every VMamba encoder parameter but the patch embedding (trained from the start, as released)
+    frozen = [n for n in names if n.startswith("vssm_encoder.") and "patch_embed" not in n]
+
+    log = ddp_training(1)
+    assert "Epoch 1: encoder frozen" in log
+    weights, steps = last_checkpoint()
+    assert not any(k.startswith("module.") for k in weights)
+    assert all(torch.equal(weights[k], released[k]) for k in frozen), "a frozen encoder parameter moved"
+    assert not set(frozen) & set(steps), "frozen parameters got optimizer state"
+    assert steps["decoder1.layer.conv1.conv.weight"] == 2  # the decoder trained: 1 epoch of 2 iterations
+    after_frozen = weights
+
+    log = ddp_training(2, "--resume", "True")
+    assert "Epoch 2: encoder trainable" in log and "Epoch 1: encoder" not in log
+    weights, steps = last_checkpoint()
+    # unfrozen with fresh optimizer state: the encoder's moments start at epoch 2, the decoder's continue
+    assert {steps.get(k) for k in frozen} == {2}, "stale or missing optimizer state after unfreezing"
+    assert steps["decoder1.layer.conv1.conv.weight"] == 4
+    moved = [k for k in frozen if not torch.equal(weights[k], after_frozen[k])]
+    assert len(moved) > len(frozen) // 2, f"only {len(moved)} of {len(frozen)} encoder tensors trained after unfreezing"
