@@ -4,10 +4,13 @@
 """The networks of the papers, one module per paper. Every network class in ``__all__`` passes the network contract
 test (``tests/nets/test_network_contract.py``)."""
 
+from .nnmamba import nnMambaClassifier, nnMambaSeg
 from .segmamba import SegMamba
 from .swin_umamba import SwinUMamba, SwinUMambaD, VMambaLoadReport, load_vmamba_pretrained, save_vmamba_encoder
 
 __all__ = [
+    "nnMambaClassifier",
+    "nnMambaSeg",
     "SegMamba",
     "SwinUMamba",
     "SwinUMambaD",

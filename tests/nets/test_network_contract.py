@@ -34,6 +34,7 @@ class ContractCase:
     spatial_sizes: tuple[tuple[int, ...], ...]
     batch: int = 2
     id: str = field(default="")
+    classifier: bool = False  # output (batch, num_classes) instead of (batch, out_channels, *spatial)
 
     def build(self, seed: int = 0) -> torch.nn.Module:
         torch.manual_seed(seed)
@@ -42,6 +43,11 @@ class ContractCase:
     def input(self, spatial: tuple[int, ...], seed: int = 1) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
         return torch.randn(self.batch, self.kwargs["in_channels"], *spatial, generator=generator)
+
+    def output_shape(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
+        if self.classifier:
+            return (self.batch, self.kwargs["num_classes"])
+        return (self.batch, self.kwargs["out_channels"], *spatial)
 
 
 _SEGMAMBA_SMALL = {"spatial_dims": 3, "feature_sizes": (8, 16, 32, 64), "hidden_size": 32}
@@ -58,6 +64,15 @@ CONTRACT_CASES: tuple[ContractCase, ...] = (
                  ((64, 32),), batch=1, id="SwinUMamba-1to2"),
     ContractCase("SwinUMambaD", {"in_channels": 3, "out_channels": 8, "feature_size": 16, "depths": (1, 1, 2, 1),
                                  "decoder_depth": 1}, ((64, 64), (96, 32)), id="SwinUMambaD-3to8"),
+    ContractCase("nnMambaSeg", {"in_channels": 1, "out_channels": 3, "feature_size": 16, "blocks": 2},
+                 ((16, 16, 32), (32, 16, 16)), id="nnMambaSeg-1to3"),
+    ContractCase("nnMambaSeg", {"in_channels": 4, "out_channels": 4, "feature_size": 16, "blocks": 3},
+                 ((16, 32, 16),), batch=1, id="nnMambaSeg-4to4"),
+    ContractCase("nnMambaClassifier", {"in_channels": 1, "num_classes": 1, "mode": "paper", "feature_size": 8,
+                                       "blocks": 2}, ((23, 30, 17), (16, 16, 16)), classifier=True,
+                 id="nnMambaClassifier-paper"),
+    ContractCase("nnMambaClassifier", {"in_channels": 1, "num_classes": 3, "mode": "release", "feature_size": 8,
+                                       "blocks": 2}, ((20, 24, 20),), classifier=True, id="nnMambaClassifier-release"),
 )
 SHAPE_PARAMS = [pytest.param(case, size, id=f"{case.id}-{'x'.join(map(str, size))}")
                 for case in CONTRACT_CASES for size in case.spatial_sizes]
@@ -83,7 +98,7 @@ def test_output_shape(case: ContractCase, spatial: tuple[int, ...]):
     net = case.build()
     with torch.no_grad():
         out = net(case.input(spatial))
-    assert out.shape == (case.batch, case.kwargs["out_channels"], *spatial)
+    assert out.shape == case.output_shape(spatial)
     assert torch.isfinite(out).all()
 
 
