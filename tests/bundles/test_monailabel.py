@@ -5,8 +5,8 @@
 ``ci/setup_monailabel.sh``) from a local folder: ``/info/`` lists the labels of ``channel_def``, ``/infer/<bundle>``
 with an uploaded image returns a label volume on the input's grid, and ``/train/<bundle>`` fine-tunes the served
 weights and rewrites ``models/model.pt``. The server runs on 127.0.0.1 (a free port) with reduced network sizes.
-The datastore and the upload are 3D NIfTI volumes, so the bundles served are those whose metadata ``data_type`` is
-``nibabel``; a 2D PNG bundle (swin_umamba_endoscopy) is not served here yet.
+The datastore and the upload follow the bundle's metadata ``data_type``: 3D NIfTI volumes (``nibabel``) or 2D RGB PNG
+frames with PNG label maps (``png``).
 Skipped when RUN_MONAILABEL=0 or the env is missing, unless RUN_MONAILABEL=1 (then it must exist and work);
 ``ci/test.sh`` builds the env and sets RUN_MONAILABEL=1 when the disk has room."""
 
@@ -44,6 +44,7 @@ VENV_PYTHON = MONAILABEL_VENV / "bin" / "python"
 TRAIN_CASES = 3  # MONAI Label splits them 2 / 1 with val_split 0.34
 UPLOAD_PADDING = (8, 4, 0)  # zeros after the end of each axis of the upload: not cubic, so a mixed-up axis order shows
 UPLOAD_SPACING = (1.0, 1.0, 1.25)  # not the bundle's 1 mm: Spacingd and its inverse both run
+UPLOAD_PNG_PADDING = (6, 17)  # rows and columns of edge pixels added to a 2D upload: a size no window tiles evenly
 
 pytestmark = [pytest.mark.monailabel, pytest.mark.slow]
 
@@ -197,12 +198,30 @@ def _wait_for(url: str, server: subprocess.Popen, log: Path, timeout: float = 60
     pytest.fail(f"MONAI Label server not up after {timeout}s:\n" + log.read_text(errors="replace")[-6000:])
 
 
-def _nifti_bundle_params() -> list:
-    return [p for p in bundle_params()
-            if json.loads((p.values[0] / "configs" / "metadata.json").read_text()).get("data_type") == "nibabel"]
+def _data_type(bundle: Path) -> str:
+    return json.loads((bundle / "configs" / "metadata.json").read_text()).get("data_type", "nibabel")
 
 
-@pytest.fixture(scope="module", params=_nifti_bundle_params())
+def _served_bundle_params() -> list:
+    return [p for p in bundle_params() if _data_type(p.values[0]) in ("nibabel", "png")]
+
+
+def _write_png_datastore(cases: list[dict], studies: Path, upload: Path) -> None:
+    """``studies/case_<i>.png`` (RGB frame) + ``studies/labels/final/case_<i>.png`` (label map) for all cases but the
+    last; the last frame, edge-padded to an uneven size, is the upload."""
+    import shutil
+
+    from PIL import Image
+
+    for i, item in enumerate(cases[:-1]):
+        shutil.copyfile(item["image"], studies / f"case_{i}.png")
+        shutil.copyfile(item["label"], studies / "labels" / "final" / f"case_{i}.png")
+    frame = np.asarray(Image.open(cases[-1]["image"]).convert("RGB"))
+    rows, cols = UPLOAD_PNG_PADDING
+    Image.fromarray(np.pad(frame, [(0, rows), (0, cols), (0, 0)], mode="edge")).save(upload)
+
+
+@pytest.fixture(scope="module", params=_served_bundle_params())
 def served(request, monailabel_bin: Path, scan_backend: str,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """The bundle (reduced, initial weights) in a fresh ``monaibundle`` app, with a datastore of labelled cases of
@@ -230,15 +249,19 @@ def served(request, monailabel_bin: Path, scan_backend: str,
     assert len(cases) == TRAIN_CASES + 1, cases
     studies = tmp / "studies"
     (studies / "labels" / "final").mkdir(parents=True)
-    for i, item in enumerate(cases[:TRAIN_CASES]):
-        image, label = _as_single_files(item)
-        nib.save(image, str(studies / f"case_{i}.nii.gz"))
-        nib.save(label, str(studies / "labels" / "final" / f"case_{i}.nii.gz"))
-    # upload: the case left out of the datastore, padded to a non-cubic shape, on an anisotropic grid
-    image, _ = _as_single_files(cases[-1], padding=UPLOAD_PADDING, spacing=UPLOAD_SPACING)
-    assert len(set(image.shape[:3])) == 3, image.shape
-    upload = tmp / "upload_image.nii.gz"
-    nib.save(image, str(upload))
+    if _data_type(bundle) == "png":
+        upload = tmp / "upload_image.png"
+        _write_png_datastore(cases, studies, upload)
+    else:
+        for i, item in enumerate(cases[:TRAIN_CASES]):
+            image, label = _as_single_files(item)
+            nib.save(image, str(studies / f"case_{i}.nii.gz"))
+            nib.save(label, str(studies / "labels" / "final" / f"case_{i}.nii.gz"))
+        # upload: the case left out of the datastore, padded to a non-cubic shape, on an anisotropic grid
+        image, _ = _as_single_files(cases[-1], padding=UPLOAD_PADDING, spacing=UPLOAD_SPACING)
+        assert len(set(image.shape[:3])) == 3, image.shape
+        upload = tmp / "upload_image.nii.gz"
+        nib.save(image, str(upload))
 
     port = free_port()
     log = tmp / "server.log"
@@ -270,25 +293,73 @@ def test_info_lists_bundle_labels(served: Served):
     _, out_channels = _metadata(served.bundle)
     expected = {v.lower(): int(k) for k, v in out_channels.items() if v.lower() != "background"}
     assert info["models"][name]["labels"] == expected
-    assert info["models"][name]["dimension"] == 3
+    assert info["models"][name]["dimension"] == (2 if _data_type(served.bundle) == "png" else 3)
     assert set(info["labels"]) == set(expected)
 
 
-def test_infer_uploaded_image_returns_label_volume_on_input_grid(served: Served):
-    import nibabel as nib
-
+def _infer(served: Served, name: str) -> Path:
+    """POST the upload to /infer/<bundle>; returns the saved answer, named with the upload's extension."""
     body, content_type = _multipart({"params": json.dumps({"device": "cpu"})}, {"file": served.upload})
     result = _post(f"{served.base_url}/infer/{served.bundle.name}?output=image", body, content_type, timeout=900)
-    pred_path = served.tmp / "pred.nii.gz"
-    pred_path.write_bytes(result)
-    pred_image = nib.load(str(pred_path))
-    source = nib.load(str(served.upload))
-    pred = np.asarray(pred_image.dataobj)
-    assert pred.shape == source.shape[:3], (pred.shape, source.shape)
-    np.testing.assert_allclose(pred_image.affine, source.affine, atol=1e-4)
+    suffix = ".png" if served.upload.suffix == ".png" else ".nii.gz"
+    path = served.tmp / f"{name}{suffix}"
+    path.write_bytes(result)
+    return path
+
+
+def _check_prediction(served: Served, pred_path: Path) -> np.ndarray:
+    """The label map is on the upload's grid (NIfTI: shape and affine; PNG: rows x columns) with only the bundle's
+    labels; returns it."""
     _, out_channels = _metadata(served.bundle)
+    if served.upload.suffix == ".png":
+        from PIL import Image
+
+        with Image.open(pred_path) as answer, Image.open(served.upload) as source:
+            assert answer.size == source.size, (answer.size, source.size)
+            pred = np.asarray(answer)
+        assert pred.ndim == 2, pred.shape
+    else:
+        import nibabel as nib
+
+        pred_image, source = nib.load(str(pred_path)), nib.load(str(served.upload))
+        pred = np.asarray(pred_image.dataobj)
+        assert pred.shape == source.shape[:3], (pred.shape, source.shape)
+        np.testing.assert_allclose(pred_image.affine, source.affine, atol=1e-4)
     assert np.issubdtype(pred.dtype, np.integer) or np.array_equal(pred, np.round(pred)), pred.dtype
     assert set(np.unique(pred).astype(int).tolist()) <= {int(k) for k in out_channels}
+    return pred
+
+
+def _own_inference(served: Served, weights: Path) -> np.ndarray:
+    """The served bundle's own inference.yaml (this repository's env) on the upload with ``weights``: its label map."""
+    import shutil
+    import sys
+
+    from PIL import Image
+
+    frames, models, out = (served.tmp / "own" / d for d in ("frames", "models", "eval"))
+    for folder in (frames, models):
+        folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(served.upload, frames / served.upload.name)
+    shutil.copyfile(weights, models / "model.pt")
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.yaml",
+               "--bundle_root", str(served.copy), "--dataset_dir", str(frames), "--ckpt_dir", str(models),
+               "--output_dir", str(out)]
+    result = subprocess.run(command, cwd=served.copy, capture_output=True, text=True, env=subprocess_env(),
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with Image.open(out / f"{served.upload.stem}_seg.png") as label_map:
+        return np.asarray(label_map)
+
+
+def test_infer_uploaded_image_returns_label_volume_on_input_grid(served: Served):
+    pred = _check_prediction(served, _infer(served, "pred"))
+    if served.upload.suffix == ".png":
+        # the same labels, pixel for pixel up to rare argmax ties, as the bundle's own inference with these weights
+        # (so the answer is neither transposed nor mirrored); MONAI Label's env runs another MONAI and torch
+        own = _own_inference(served, served.initial_weights)
+        assert len(np.unique(own)) > 1, "a constant label map cannot show the orientation"
+        assert (pred == own).mean() >= 0.99, (pred == own).mean()
 
 
 def test_train_fine_tunes_and_rewrites_model_pt(served: Served):
@@ -328,9 +399,4 @@ def test_train_fine_tunes_and_rewrites_model_pt(served: Served):
     assert 0 < moved < 0.1 * scratch, (moved, scratch)
 
     # the server reloads the new weights and still answers /infer
-    import nibabel as nib
-
-    body, content_type = _multipart({"params": json.dumps({"device": "cpu"})}, {"file": served.upload})
-    result = _post(f"{served.base_url}/infer/{served.bundle.name}?output=image", body, content_type, timeout=900)
-    (served.tmp / "pred_after_train.nii.gz").write_bytes(result)
-    assert nib.load(str(served.tmp / "pred_after_train.nii.gz")).shape == nib.load(str(served.upload)).shape[:3]
+    _check_prediction(served, _infer(served, "pred_after_train"))
