@@ -83,21 +83,32 @@ class MambaInConvolution(nn.Module):
         expand: Mamba's inner width factor.
         channel_spatial_siamese: average the four flipped views (the segmentation network) instead of one pass
             (the classifier's stem).
+        output_convolution: the inner residual and ``nin2`` -> ``norm2`` -> ReLU after the Mamba (Eq. 2). False is
+            the layer of the authors' nnU-Net v1 trainers (``nnunet/network_architecture/nnMamba.py``): it returns
+            the reshaped Mamba output, and has no ``nin2`` / ``norm2``.
     """
 
     def __init__(
-        self, dim: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, channel_spatial_siamese: bool = True
+        self,
+        dim: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        channel_spatial_siamese: bool = True,
+        output_convolution: bool = True,
     ) -> None:
         super().__init__()
         self.dim = dim
         self.channel_spatial_siamese = channel_spatial_siamese
+        self.output_convolution = output_convolution
         self.nin = _conv1x1(dim, dim)
         self.norm = nn.BatchNorm3d(dim)
         self.relu = nn.ReLU(inplace=True)
         self.mamba = Mamba(d_model=dim, d_state=d_state, d_conv=d_conv, expand=expand)
-        self.nin2 = _conv1x1(dim, dim)
-        self.norm2 = nn.BatchNorm3d(dim)
-        self.relu2 = nn.ReLU(inplace=True)
+        if output_convolution:
+            self.nin2 = _conv1x1(dim, dim)
+            self.norm2 = nn.BatchNorm3d(dim)
+            self.relu2 = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 5 or x.shape[1] != self.dim:
@@ -108,8 +119,10 @@ class MambaInConvolution(nn.Module):
             mixed = channel_spatial_siamese_mean(self.mamba, tokens)
         else:
             mixed = self.mamba(tokens)
-        out = mixed.transpose(1, 2).reshape(act.shape) + act
-        return self.relu2(self.norm2(self.nin2(out)))
+        out = mixed.transpose(1, 2).reshape(act.shape)
+        if not self.output_convolution:
+            return out
+        return self.relu2(self.norm2(self.nin2(out + act)))
 
 
 class nnMambaResidualBlock(nn.Module):

@@ -26,6 +26,7 @@ from shared_networks.utils import look_up_argument
 __all__ = ["nnMambaSeg", "nnMambaClassifier"]
 
 _DIVISOR = 16  # four stride-2 steps: stem and three residual stages
+_SEG_MAMBA_LAYERS = ("miccss", "nnunet")
 
 
 def _check_3d(network: str, spatial_dims: int) -> None:
@@ -77,6 +78,11 @@ class nnMambaSeg(nn.Module):
         deep_supervision: add 1x1x1 heads on the decoder features at 1/2, 1/4 and 1/8 of the input size (named
             ``ds1_cls_conv``, ``ds2_cls_conv``, ``ds3_cls_conv`` as in the authors' nnU-Net variant); in training mode
             the forward then returns the four outputs, finest first, and in eval mode only the full-resolution one.
+        mamba_layer: ``"miccss"`` (the MICCSS layer of the paper and of ``nnMamba.py``) or ``"nnunet"``, the layer of
+            the authors' nnU-Net v1 BraTS trainers (``nnunet/network_architecture/nnMamba.py``): one Mamba pass, no
+            inner residual and no output convolution. That release always has the deep-supervision heads, so its
+            checkpoints load with ``mamba_layer="nnunet", deep_supervision=True``: 15,876,318 parameters at 1 / 16,
+            15,859,266 at 4 / 4.
     """
 
     def __init__(
@@ -90,9 +96,11 @@ class nnMambaSeg(nn.Module):
         d_conv: int = 4,
         expand: int = 2,
         deep_supervision: bool = False,
+        mamba_layer: str = "miccss",
     ) -> None:
         super().__init__()
         _check_3d("nnMambaSeg", spatial_dims)
+        nnunet_layer = look_up_argument("mamba_layer", mamba_layer, _SEG_MAMBA_LAYERS) == "nnunet"
         if feature_size < 16:
             raise ValueError(
                 f"nnMambaSeg needs feature_size >= 16 (its skip scaling reduces channels 16-fold), got {feature_size}."
@@ -102,8 +110,11 @@ class nnMambaSeg(nn.Module):
         f = feature_size
 
         def stage(cin: int, cout: int) -> nnMambaResidualStage:
-            mamba_layer = MambaInConvolution(cout, d_state=d_state, d_conv=d_conv, expand=expand)
-            return nnMambaResidualStage(cin, cout, blocks, stride=2, mamba_layer=mamba_layer)
+            layer = MambaInConvolution(
+                cout, d_state=d_state, d_conv=d_conv, expand=expand, channel_spatial_siamese=not nnunet_layer,
+                output_convolution=not nnunet_layer,
+            )
+            return nnMambaResidualStage(cin, cout, blocks, stride=2, mamba_layer=layer)
 
         self.in_conv = nnMambaDoubleConv(in_channels, f, stride=2)
         self.att1 = nnMambaSkipScaling(f)

@@ -30,10 +30,13 @@ def n_params(module):
         (lambda: nnMambaSeg(4, 4), 15_945_270),  # BraTS
         (lambda: nnMambaSeg(1, 6), 15_944_958),  # 6 landmark heatmaps
         (lambda: nnMambaSeg(1, 16, blocks=2), 11_312_942),
+        (lambda: nnMambaSeg(1, 16, mamba_layer="nnunet", deep_supervision=True), 15_876_318),  # nnU-Net v1 trainers
+        (lambda: nnMambaSeg(4, 4, mamba_layer="nnunet", deep_supervision=True), 15_859_266),
         (lambda: nnMambaClassifier(1, 1, mode="paper"), 12_905_633),
         (lambda: nnMambaClassifier(1, 1, mode="release"), 12_876_321),
     ],
-    ids=["seg-1to16", "seg-4to4", "landmarks-6", "seg-blocks2", "classifier-paper", "classifier-release"],
+    ids=["seg-1to16", "seg-4to4", "landmarks-6", "seg-blocks2", "seg-nnunet-1to16", "seg-nnunet-4to4",
+         "classifier-paper", "classifier-release"],
 )
 def test_parameter_counts_equal_the_release(build, expected):
     assert n_params(build()) == expected
@@ -68,12 +71,14 @@ def mamba_v1(prefix, d, n=16, k=4):
     }
 
 
-def mamba_layer(prefix, d, n=16):
-    return {f"{prefix}nin.weight": (d, d, 1, 1, 1), **bn(f"{prefix}norm.", d), **mamba_v1(f"{prefix}mamba.", d, n),
-            f"{prefix}nin2.weight": (d, d, 1, 1, 1), **bn(f"{prefix}norm2.", d)}
+def mamba_layer(prefix, d, n=16, nnunet=False):
+    keys = {f"{prefix}nin.weight": (d, d, 1, 1, 1), **bn(f"{prefix}norm.", d), **mamba_v1(f"{prefix}mamba.", d, n)}
+    if not nnunet:  # the nnU-Net v1 trainers' layer ends after the Mamba
+        keys |= {f"{prefix}nin2.weight": (d, d, 1, 1, 1), **bn(f"{prefix}norm2.", d)}
+    return keys
 
 
-def res_stage(prefix, cin, cout, blocks, mamba_dim=None):
+def res_stage(prefix, cin, cout, blocks, mamba_dim=None, nnunet=False):
     keys = {}
     for b in range(blocks):
         c = cin if b == 0 else cout
@@ -83,18 +88,21 @@ def res_stage(prefix, cin, cout, blocks, mamba_dim=None):
         if b == 0:
             keys |= {f"{p}downsample.0.weight": (cout, cin, 1, 1, 1), **bn(f"{p}downsample.1.", cout)}
         elif mamba_dim:
-            keys |= mamba_layer(f"{p}mamba_layer.", mamba_dim)
+            keys |= mamba_layer(f"{p}mamba_layer.", mamba_dim, nnunet=nnunet)
     return keys
 
 
-def nnmamba_seg_layout(in_ch, classes, ch=32, blocks=3):
+def nnmamba_seg_layout(in_ch, classes, ch=32, blocks=3, nnunet=False):
     keys = double_conv("in_conv.", in_ch, ch)
     for i, c in enumerate((ch, 2 * ch, 4 * ch), start=1):
         keys |= {f"att{i}.layer1.weight": (c // 16, c), f"att{i}.layer1.bias": (c // 16,),
                  f"att{i}.layer2.weight": (c, c // 16), f"att{i}.layer2.bias": (c,)}
-        keys |= res_stage(f"layer{i}.", c, 2 * c, blocks, mamba_dim=2 * c)
+        keys |= res_stage(f"layer{i}.", c, 2 * c, blocks, mamba_dim=2 * c, nnunet=nnunet)
     keys |= double_conv("conv5.", 12 * ch, 4 * ch) | double_conv("conv6.", 6 * ch, 2 * ch)
     keys |= double_conv("conv7.", 3 * ch, ch) | double_conv("conv8.", ch, classes)
+    if nnunet:  # the nnU-Net release always has its deep-supervision heads
+        for i, c in enumerate((ch, 2 * ch, 4 * ch), start=1):
+            keys |= {f"ds{i}_cls_conv.weight": (classes, c, 1, 1, 1), f"ds{i}_cls_conv.bias": (classes,)}
     return keys
 
 
@@ -117,10 +125,12 @@ def layout_of(network):
     [
         (lambda: nnMambaSeg(1, 16), lambda: nnmamba_seg_layout(1, 16)),
         (lambda: nnMambaSeg(4, 4), lambda: nnmamba_seg_layout(4, 4)),
+        (lambda: nnMambaSeg(4, 4, mamba_layer="nnunet", deep_supervision=True),
+         lambda: nnmamba_seg_layout(4, 4, nnunet=True)),
         (lambda: nnMambaClassifier(1, 1, mode="paper"), lambda: nnmamba_classifier_layout(1, 1, paper=True)),
         (lambda: nnMambaClassifier(1, 1, mode="release"), lambda: nnmamba_classifier_layout(1, 1, paper=False)),
     ],
-    ids=["seg-1to16", "seg-4to4", "classifier-paper", "classifier-release"],
+    ids=["seg-1to16", "seg-4to4", "seg-nnunet-4to4", "classifier-paper", "classifier-release"],
 )
 def test_state_dict_layout_equals_the_release(network, layout):
     assert layout_of(network()) == layout()
@@ -227,8 +237,9 @@ def double_conv_reference(p, x, stride=1):
     return F.relu(bn_reference(sub(p, "conv.4."), F.conv3d(x, p["conv.3.weight"], p["conv.3.bias"], padding=1)))
 
 
-def mic_reference(p, x, css):
-    """MIC(CSS) of research notes 1.4: flatten W fastest; CSS with explicit index reversals."""
+def mic_reference(p, x, css, nnunet=False):
+    """MIC(CSS) of research notes 1.4: flatten W fastest; CSS with explicit index reversals. ``nnunet``: the nnU-Net
+    trainers' layer (research notes 3): one pass, returned without residual or output convolution."""
     act = F.relu(bn_reference(sub(p, "norm."), F.conv3d(x, p["nin.weight"])))
     batch, c = act.shape[:2]
     seq = act.reshape(batch, c, -1).transpose(1, 2)
@@ -239,18 +250,20 @@ def mic_reference(p, x, css):
                  + mamba_reference(m, seq[:, t])[:, t] + mamba_reference(m, seq[:, t][:, :, ch])[:, t][:, :, ch]) / 4
     else:
         mixed = mamba_reference(m, seq)
-    out = mixed.transpose(1, 2).reshape(act.shape) + act
-    return F.relu(bn_reference(sub(p, "norm2."), F.conv3d(out, p["nin2.weight"])))
+    out = mixed.transpose(1, 2).reshape(act.shape)
+    if nnunet:
+        return out
+    return F.relu(bn_reference(sub(p, "norm2."), F.conv3d(out + act, p["nin2.weight"])))
 
 
-def res_stage_reference(p, x, blocks, css=True):
+def res_stage_reference(p, x, blocks, css=True, nnunet=False):
     for b in range(blocks):
         q = sub(p, f"{b}.")
         out = F.relu(bn_reference(sub(q, "bn1."), F.conv3d(x, q["conv1.weight"], stride=2 if b == 0 else 1,
                                                            padding=1)))
         out = bn_reference(sub(q, "bn2."), F.conv3d(out, q["conv2.weight"], padding=1))
         if "mamba_layer.nin.weight" in q:
-            out = out + mic_reference(sub(q, "mamba_layer."), x, css)
+            out = out + mic_reference(sub(q, "mamba_layer."), x, css, nnunet)
         if b == 0:
             x = bn_reference(sub(q, "downsample.1."), F.conv3d(x, q["downsample.0.weight"], stride=2))
         x = F.relu(out + x)
@@ -267,11 +280,11 @@ def up(x):
     return F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
 
 
-def nnmamba_seg_reference(p, x, blocks):
+def nnmamba_seg_reference(p, x, blocks, nnunet=False):
     c1 = double_conv_reference(sub(p, "in_conv."), x, stride=2)
-    c2 = res_stage_reference(sub(p, "layer1."), c1, blocks)
-    c3 = res_stage_reference(sub(p, "layer2."), c2, blocks)
-    c4 = res_stage_reference(sub(p, "layer3."), c3, blocks)
+    c2 = res_stage_reference(sub(p, "layer1."), c1, blocks, css=not nnunet, nnunet=nnunet)
+    c3 = res_stage_reference(sub(p, "layer2."), c2, blocks, css=not nnunet, nnunet=nnunet)
+    c4 = res_stage_reference(sub(p, "layer3."), c3, blocks, css=not nnunet, nnunet=nnunet)
     c5 = double_conv_reference(sub(p, "conv5."), torch.cat([up(c4), skip_scaling_reference(sub(p, "att3."), c3)], 1))
     c6 = double_conv_reference(sub(p, "conv6."), torch.cat([up(c5), skip_scaling_reference(sub(p, "att2."), c2)], 1))
     c7 = double_conv_reference(sub(p, "conv7."), torch.cat([up(c6), skip_scaling_reference(sub(p, "att1."), c1)], 1))
@@ -330,12 +343,13 @@ def float64_params(network):
     return {k: v.detach().double() for k, v in network.state_dict().items()}
 
 
-def test_nnmamba_seg_equals_float64_reference():
-    net = randomise_(nnMambaSeg(2, 3, feature_size=16, blocks=3))
+@pytest.mark.parametrize("layer", ["miccss", "nnunet"])
+def test_nnmamba_seg_equals_float64_reference(layer):
+    net = randomise_(nnMambaSeg(2, 3, feature_size=16, blocks=3, mamba_layer=layer, deep_supervision=layer == "nnunet"))
     x = torch.randn(2, 2, 32, 16, 16, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         out = net(x)
-        expected = nnmamba_seg_reference(float64_params(net), x.double(), blocks=3)
+        expected = nnmamba_seg_reference(float64_params(net), x.double(), blocks=3, nnunet=layer == "nnunet")
     assert out.shape == (2, 3, 32, 16, 16)
     assert relative_error(out, expected) <= 1e-4
 
@@ -372,6 +386,15 @@ def test_mic_layer_equals_float64_reference(css):
         expected, other = mic_reference(p, x.double(), css), mic_reference(p, x.double(), not css)
     assert relative_error(out, expected) <= 1e-4
     assert relative_error(out, other) > 1e-2  # the check tells MIC and MICCSS apart
+
+
+def test_nnunet_trainers_mic_layer_equals_float64_reference():
+    layer = randomise_(MambaInConvolution(8, d_state=4, channel_spatial_siamese=False, output_convolution=False))
+    assert not hasattr(layer, "nin2") and not hasattr(layer, "norm2")
+    x = torch.randn(2, 8, 4, 6, 5, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        out = layer(x)
+    assert relative_error(out, mic_reference(float64_params(layer), x.double(), css=False, nnunet=True)) <= 1e-4
 
 
 def test_hierarchical_sequence_equals_the_loops():
