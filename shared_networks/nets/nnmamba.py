@@ -21,7 +21,7 @@ from shared_networks.blocks.nnmamba_blocks import (
     nnMambaResidualStage,
     nnMambaSkipScaling,
 )
-from shared_networks.utils import look_up_argument
+from shared_networks.utils import check_network_input, look_up_argument
 
 __all__ = ["nnMambaSeg", "nnMambaClassifier"]
 
@@ -32,22 +32,6 @@ _SEG_MAMBA_LAYERS = ("miccss", "nnunet")
 def _check_3d(network: str, spatial_dims: int) -> None:
     if spatial_dims != 3:
         raise ValueError(f"{network} is 3D only (as released), got spatial_dims={spatial_dims}.")
-
-
-def _check_segmentation_input(x: torch.Tensor, in_channels: int) -> None:
-    if x.ndim != 5 or x.shape[1] != in_channels:
-        raise ValueError(f"nnMambaSeg expects a (batch, {in_channels}, D, H, W) input, got shape {tuple(x.shape)}.")
-    bad = [(axis, size) for axis, size in zip("DHW", x.shape[2:]) if size % _DIVISOR or size == 0]
-    if bad:
-        def nearest(size: int) -> str:
-            lower = size // _DIVISOR * _DIVISOR
-            return f"{lower} or {lower + _DIVISOR}" if lower else f"{_DIVISOR}"
-
-        details = "; ".join(f"{axis}={size} (nearest valid: {nearest(size)})" for axis, size in bad)
-        raise ValueError(
-            f"nnMambaSeg needs every spatial size divisible by {_DIVISOR} (four stride-2 steps), got {details}. "
-            "Crop or pad the volume, or use a sliding-window inferer with such a window."
-        )
 
 
 class nnMambaSeg(nn.Module):
@@ -137,7 +121,7 @@ class nnMambaSeg(nn.Module):
         return F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        _check_segmentation_input(x, self.in_channels)
+        check_network_input("nnMambaSeg", x, self.in_channels, "DHW", _DIVISOR)
         c1 = self.in_conv(x)
         c2 = self.layer1(c1)
         c3 = self.layer2(c2)

@@ -31,6 +31,7 @@ from monai.networks.blocks.unetr_block import UnetrBasicBlock, UnetrUpBlock
 from shared_networks.blocks.vmamba_blocks import SwinUMambaDecoder, VMambaEncoder
 from shared_networks.bundle.checkpoints import CheckpointError, check_finite, read_checkpoint, unwrap_module
 from shared_networks.io import save_atomically
+from shared_networks.utils import check_network_input
 
 __all__ = [
     "SwinUMamba",
@@ -44,24 +45,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _DIVISOR = 32  # five halvings: stem / patch embedding and four stages
-
-
-def _check_input_size(network: str, x: torch.Tensor, in_channels: int) -> None:
-    if x.ndim != 4 or x.shape[1] != in_channels:
-        raise ValueError(
-            f"{network} expects a (batch, {in_channels}, H, W) input, got shape {tuple(x.shape)}."
-        )
-    bad = [(axis, size) for axis, size in zip("HW", x.shape[2:]) if size % _DIVISOR or size == 0]
-    if bad:
-        def nearest(size: int) -> str:
-            lower = size // _DIVISOR * _DIVISOR
-            return f"{lower} or {lower + _DIVISOR}" if lower else f"{_DIVISOR}"
-
-        details = "; ".join(f"{axis}={size} (nearest valid: {nearest(size)})" for axis, size in bad)
-        raise ValueError(
-            f"{network} needs H and W divisible by {_DIVISOR} (five stride-2 steps), got {details}. Crop or pad the "
-            "image, or use a sliding-window inferer with such a window."
-        )
 
 
 def _check_2d(network: str, spatial_dims: int) -> None:
@@ -167,7 +150,7 @@ class SwinUMamba(_FreezableEncoderMixin, nn.Module):
         self.out_layers = nn.ModuleList(UnetOutBlock(2, f[i], out_channels) for i in range(4))
 
     def forward(self, x_in: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        _check_input_size("SwinUMamba", x_in, self.in_channels)
+        check_network_input("SwinUMamba", x_in, self.in_channels, "HW", _DIVISOR)
         stem = self.stem(x_in)
         stages = self.vssm_encoder(stem)
         enc1 = self.encoder1(x_in)
@@ -253,7 +236,7 @@ class SwinUMambaD(_FreezableEncoderMixin, nn.Module):
         self.decoder.deep_supervision = bool(value)
 
     def forward(self, x_in: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        _check_input_size("SwinUMambaD", x_in, self.in_channels)
+        check_network_input("SwinUMambaD", x_in, self.in_channels, "HW", _DIVISOR)
         return self.decoder(self.vssm_encoder(x_in))
 
 
@@ -308,7 +291,7 @@ class SwinUMambaMIM(_FreezableEncoderMixin, nn.Module):
         Returns:
             the reconstruction, (batch, in_channels, H, W).
         """
-        _check_input_size("SwinUMambaMIM", x, self.in_channels)
+        check_network_input("SwinUMambaMIM", x, self.in_channels, "HW", _DIVISOR)
         tokens = self.vssm_encoder.patch_embed(x)
         if mask is not None:
             if mask.shape[0] != x.shape[0] or mask.shape[-2:] != x.shape[-2:]:
