@@ -29,6 +29,7 @@ __all__ = [
     "write_text_atomically",
     "save_atomically",
     "remove_stale_temporaries",
+    "nifti_gz_bytes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,22 @@ def save_atomically(obj: Any, path: str | os.PathLike) -> None:
 
     with atomic_write(path) as f:
         torch.save(obj, f)
+
+
+def nifti_gz_bytes(array: Any, affine: Any) -> bytes:
+    """
+    A gzipped single-file NIfTI-1 image of ``array`` with ``affine`` as both qform and sform (mm units), as bytes for
+    :func:`write_bytes_atomically`; ``mtime=0`` keeps the stream byte-identical between runs (synthetic data).
+    """
+    import gzip
+
+    import nibabel as nib
+
+    image = nib.Nifti1Image(array, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    image.header.set_xyzt_units("mm", "sec")
+    return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
 
 
 def remove_stale_temporaries(

@@ -25,7 +25,6 @@ before shuffling with a local ``random.Random(seed)``, so the split is the same 
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import logging
 import math
@@ -34,7 +33,6 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from shared_networks.data.validation import (
@@ -42,10 +40,11 @@ from shared_networks.data.validation import (
     ValidationCache,
     check_image_file,
     check_same_grid,
+    read_datalist,
     run_checks,
     validation_sidecar_path,
 )
-from shared_networks.io import write_bytes_atomically, write_text_atomically
+from shared_networks.io import nifti_gz_bytes, write_bytes_atomically, write_text_atomically
 
 __all__ = [
     "BRATS_MODALITIES",
@@ -326,20 +325,6 @@ def split_case_names(
     return names[: sizes[0]], names[sizes[0] : sizes[0] + sizes[1]], names[sizes[0] + sizes[1] :]
 
 
-def _read_datalist(datalist_path: str) -> dict:
-    try:
-        with open(datalist_path, encoding="utf-8") as f:
-            datalist = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"datalist_path '{datalist_path}' is not valid JSON ({err}).") from err
-    if not isinstance(datalist, dict) or any(not isinstance(datalist.get(key), list) for key in _DATALIST_KEYS):
-        raise ValueError(
-            f"datalist_path '{datalist_path}' must hold a JSON object with the lists {list(_DATALIST_KEYS)}; "
-            "fix the file or pass overwrite=True to rebuild it."
-        )
-    return datalist
-
-
 def _revalidate_datalist(datalist: dict, datalist_path: str, num_workers: int | None) -> None:
     """
     Check every file of every split of a reused datalist: their existence always, and a full check of the files
@@ -413,7 +398,7 @@ def make_brats_datalist(
     datalist_path = os.fspath(datalist_path)
     if os.path.isfile(datalist_path) and not overwrite:
         logger.info("Reusing the existing datalist '%s' (pass overwrite=True to rebuild it).", datalist_path)
-        datalist = _read_datalist(datalist_path)
+        datalist = read_datalist(datalist_path, _DATALIST_KEYS)
         _revalidate_datalist(datalist, datalist_path, num_workers)
         return datalist
 
@@ -576,15 +561,6 @@ def _phantom_case(shape: tuple[int, int, int], rng: np.random.Generator) -> tupl
     return images, label
 
 
-def _nifti_gz_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
-    image = nib.Nifti1Image(array, affine)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    image.header.set_xyzt_units("mm", "sec")
-    # mtime=0 keeps the gzip stream byte-identical between runs
-    return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
-
-
 def generate_brats_phantoms(
     output_dir: str | os.PathLike,
     num_cases: int = 6,
@@ -628,8 +604,8 @@ def generate_brats_phantoms(
         case_dir = os.path.join(output_dir, case)
         images, label = _phantom_case(shape, np.random.default_rng([seed, index]))
         for modality, volume in zip(BRATS_MODALITIES, images):
-            write_bytes_atomically(_nifti_gz_bytes(volume, affine), _case_file(case_dir, case, modality))
-        write_bytes_atomically(_nifti_gz_bytes(label, affine), _case_file(case_dir, case, BRATS_LABEL_SUFFIX))
+            write_bytes_atomically(nifti_gz_bytes(volume, affine), _case_file(case_dir, case, modality))
+        write_bytes_atomically(nifti_gz_bytes(label, affine), _case_file(case_dir, case, BRATS_LABEL_SUFFIX))
         case_dirs.append(case_dir)
     logger.info("Wrote %d BraTS phantom cases of shape %s to '%s'.", num_cases, shape, output_dir)
     return case_dirs

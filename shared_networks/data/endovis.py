@@ -38,6 +38,7 @@ from shared_networks.data.validation import (
     ImageFileSummary,
     ValidationCache,
     check_png_file,
+    read_datalist,
     run_checks,
     validation_sidecar_path,
 )
@@ -356,13 +357,7 @@ def make_endovis_datalist(
     sidecar = validation_sidecar_path(datalist_path)
     if os.path.isfile(datalist_path) and not overwrite:
         logger.info("Reusing the existing datalist '%s' (pass overwrite=True to rebuild it).", datalist_path)
-        try:
-            with open(datalist_path, encoding="utf-8") as f:
-                datalist = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"datalist_path '{datalist_path}' is not valid JSON ({err}).") from err
-        if not isinstance(datalist, dict) or any(not isinstance(datalist.get(k), list) for k in _DATALIST_KEYS):
-            raise ValueError(f"datalist_path '{datalist_path}' must hold the lists {list(_DATALIST_KEYS)}.")
+        datalist = read_datalist(datalist_path, _DATALIST_KEYS)
         parsed = []
         for split in _DATALIST_KEYS:
             for index, entry in enumerate(datalist[split]):

@@ -52,6 +52,7 @@ __all__ = [
     "check_png_file",
     "check_same_grid",
     "default_num_workers",
+    "read_datalist",
     "run_checks",
     "validation_sidecar_path",
 ]
@@ -519,6 +520,28 @@ def check_same_grid(
                 f"the header if only the header is wrong.\naffine of '{summary.path}':\n{summary.affine}\n"
                 f"affine of '{reference.path}':\n{reference.affine}"
             )
+
+
+def read_datalist(datalist_path: str | os.PathLike,
+                  keys: Sequence[str] = ("training", "validation", "testing")) -> dict[str, Any]:
+    """
+    The JSON datalist at ``datalist_path``: an object holding a list under each of ``keys`` (the splits).
+
+    Raises:
+        ValueError: the file is not valid JSON or lacks one of the lists; the message names the file.
+    """
+    datalist_path = os.fspath(datalist_path)
+    try:
+        with open(datalist_path, encoding="utf-8") as f:
+            datalist = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"datalist_path '{datalist_path}' is not valid JSON ({err}).") from err
+    if not isinstance(datalist, dict) or any(not isinstance(datalist.get(key), list) for key in keys):
+        raise ValueError(
+            f"datalist_path '{datalist_path}' must hold a JSON object with the lists {list(keys)}; "
+            "fix the file or pass overwrite=True to rebuild it."
+        )
+    return datalist
 
 
 def validation_sidecar_path(datalist_path: str | os.PathLike) -> str:
