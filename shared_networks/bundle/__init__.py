@@ -14,6 +14,14 @@ from .checkpoints import (
     load_state_dict_checked,
     read_checkpoint,
 )
+from .classification import (
+    SubjectProbabilities,
+    binary_classification_metrics,
+    class_balanced_weights,
+    write_classification_report,
+    write_records_csv,
+    youden_threshold,
+)
 from .cli import check_command_line
 from .handlers import (
     AtomicCheckpointSaver,

@@ -3,6 +3,17 @@
 # the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """Dataset readers, datalists and synthetic data generators."""
 
+from .adni import (
+    ADNI_SPACING,
+    ADNI_SPATIAL_SIZE,
+    ADNI_TASKS,
+    adni_task_classes,
+    find_adni_scans,
+    generate_adni_phantoms,
+    list_adni_volumes,
+    make_adni_datalist,
+    split_adni_subjects,
+)
 from .brats import (
     BRATS_LABELS,
     BRATS_MODALITIES,
@@ -30,11 +41,21 @@ from .validation import (
     check_image_file,
     check_png_file,
     check_same_grid,
+    read_datalist,
     run_checks,
     validation_sidecar_path,
 )
 
 __all__ = [
+    "ADNI_SPACING",
+    "ADNI_SPATIAL_SIZE",
+    "ADNI_TASKS",
+    "adni_task_classes",
+    "find_adni_scans",
+    "generate_adni_phantoms",
+    "list_adni_volumes",
+    "make_adni_datalist",
+    "split_adni_subjects",
     "brats_case_name_formatter",
     "BRATS_LABELS",
     "BRATS_MODALITIES",
@@ -57,6 +78,7 @@ __all__ = [
     "make_endovis_datalist",
     "merge_instrument_masks",
     "RandMaskCellsd",
+    "read_datalist",
     "run_checks",
     "split_case_names",
     "validate_brats_cases",
