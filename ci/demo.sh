@@ -5,19 +5,23 @@
 # CPU demo of one bundle, a few minutes on 2 cores:
 #   bash ci/demo.sh                          bundles/segmamba_brats (README's main command)
 #   bash ci/demo.sh swin_umamba_endoscopy    bundles/swin_umamba_endoscopy
-#   1. deterministic synthetic data in the dataset's real layout (generate_brats_phantoms / generate_endovis_phantoms)
+#   bash ci/demo.sh nnmamba_adni             bundles/nnmamba_adni (classification: AUC instead of Dice)
+#   1. deterministic synthetic data in the dataset's real layout (generate_brats_phantoms / generate_endovis_phantoms /
+#      generate_adni_phantoms)
 #   2. evaluate.yaml on the untrained network (random init, no checkpoint loaded)
 #   3. `run training` with a reduced configuration given as command-line overrides (no copy of the configs)
 #   4. evaluate.yaml on the trained models/model.pt
-# and prints the test-split Dice of both; exits non-zero unless training clearly improved it.
-# Environment: DEMO_DIR (default demo), DEMO_EPOCHS, DEMO_ITERATIONS (3 x 10 for SegMamba, 8 x 20 for Swin-UMamba),
-# DEMO_MIN_GAIN (0.15).
+# and prints the test-split Dice of both; exits non-zero unless training clearly improved it. For nnmamba_adni it prints
+# the test-split ACC / F1 / AUC at the threshold chosen on validation, and fails unless the trained AUC reaches
+# DEMO_MIN_AUC (0.75; chance is 0.5).
+# Environment: DEMO_DIR (default demo), DEMO_EPOCHS, DEMO_ITERATIONS (3 x 10 for SegMamba, 8 x 20 for Swin-UMamba,
+# 10 epochs over the training split for nnMamba), DEMO_MIN_GAIN (0.15), DEMO_MIN_AUC (0.75).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUNDLE=${1:-segmamba_brats}
 case "$BUNDLE" in
-    segmamba_brats|swin_umamba_endoscopy) ;;
-    *) echo "usage: bash ci/demo.sh [segmamba_brats|swin_umamba_endoscopy] (got '$BUNDLE')" >&2; exit 2 ;;
+    segmamba_brats|swin_umamba_endoscopy|nnmamba_adni) ;;
+    *) echo "usage: bash ci/demo.sh [segmamba_brats|swin_umamba_endoscopy|nnmamba_adni] (got '$BUNDLE')" >&2; exit 2 ;;
 esac
 start=$SECONDS
 log() { echo "[demo $(printf '%4d' $((SECONDS - start)))s] $*"; }
@@ -57,6 +61,18 @@ if [ "$BUNDLE" = segmamba_brats ]; then
              --network_def#feature_sizes "[8,16,32,64]" --network_def#hidden_size 64
              --batch_size 2 --num_workers 0 --sw_batch_size 2)
     TRAIN_EXTRA=()
+elif [ "$BUNDLE" = nnmamba_adni ]; then
+    DATA=$DEMO_DIR/data_adni
+    EPOCHS=${DEMO_EPOCHS:-10}
+    log "writing 80 synthetic T1 brains (40 NC, 40 AD; 40x48x40 at 4 mm, the release's class-folder layout) to $DATA"
+    rm -rf "$DATA"
+    "$PY" -c "from shared_networks.data import generate_adni_phantoms as g; g('$DATA', num_cases=80, shape=(40, 48, 40), spacing=4.0, seed=0)"
+    # the reduced configuration: 4 mm volumes, a 16-wide classifier with one block per stage, 60/20/20 split; the
+    # release's optimiser, loss and batch size unchanged
+    REDUCED=(--bundle_root "$ROOT" --dataset_dir "$DATA" --spatial_size "[40,48,40]" --pixdim "[4.0,4.0,4.0]"
+             --network_def#feature_size 16 --network_def#blocks 1 --split_fractions "[0.6,0.2,0.2]"
+             --num_workers 0 --cache_rate 1.0)
+    TRAIN_EXTRA=()
 else
     DATA=$DEMO_DIR/data_endovis
     EPOCHS=${DEMO_EPOCHS:-8}
@@ -76,20 +92,46 @@ cd "bundles/$BUNDLE"
 EVALUATE=(run --config_file "['configs/train.yaml','configs/evaluate.yaml']")
 
 log "evaluating the untrained network on the testing split"
-step "$ROOT/logs/evaluate_untrained.log" "Validated|Wrote datalist|Metrics|val_mean" \
+step "$ROOT/logs/evaluate_untrained.log" "Validated|Wrote datalist|Metrics|val_mean|testing \(" \
     "$PY" -m monai.bundle "${EVALUATE[@]}" "${REDUCED[@]}" --output_dir "$ROOT/eval_untrained" \
     --validate#handlers#0#_disabled_ true
 
-log "training: $EPOCHS epochs x $ITERATIONS iterations (python -m monai.bundle run training ...)"
-step "$ROOT/logs/train.log" "Iter: [0-9]+/$ITERATIONS -- |Epoch\[[0-9]+\] Metrics" \
-    "$PY" -m monai.bundle run training --config_file configs/train.yaml "${REDUCED[@]}" ${TRAIN_EXTRA[@]+"${TRAIN_EXTRA[@]}"} \
-    --epochs "$EPOCHS" --iterations_per_epoch "$ITERATIONS" --val_interval 1
+if [ "$BUNDLE" = nnmamba_adni ]; then
+    log "training: $EPOCHS epochs over the training split (python -m monai.bundle run training ...)"
+    step "$ROOT/logs/train.log" "Epoch\[[0-9]+\] Metrics" \
+        "$PY" -m monai.bundle run training --config_file configs/train.yaml "${REDUCED[@]}" --epochs "$EPOCHS" --val_interval 1
+else
+    log "training: $EPOCHS epochs x $ITERATIONS iterations (python -m monai.bundle run training ...)"
+    step "$ROOT/logs/train.log" "Iter: [0-9]+/$ITERATIONS -- |Epoch\[[0-9]+\] Metrics" \
+        "$PY" -m monai.bundle run training --config_file configs/train.yaml "${REDUCED[@]}" ${TRAIN_EXTRA[@]+"${TRAIN_EXTRA[@]}"} \
+        --epochs "$EPOCHS" --iterations_per_epoch "$ITERATIONS" --val_interval 1
+fi
 
 log "evaluating the trained models/model.pt on the testing split"
-step "$ROOT/logs/evaluate_trained.log" "Restored|Metrics|val_mean" \
+step "$ROOT/logs/evaluate_trained.log" "Restored|Metrics|val_mean|testing \(" \
     "$PY" -m monai.bundle "${EVALUATE[@]}" "${REDUCED[@]}" --output_dir "$ROOT/eval_trained"
 
 log "done in $((SECONDS - start)) s; outputs in $ROOT"
+if [ "$BUNDLE" = nnmamba_adni ]; then
+    "$PY" - "$ROOT" "${DEMO_MIN_AUC:-0.75}" <<'EOF'
+import json
+import sys
+
+root, min_auc = sys.argv[1], float(sys.argv[2])
+summaries = {name: json.load(open(f"{root}/eval_{name}/summary.json")) for name in ("untrained", "trained")}
+print(f"{'test split':<18}{'ACC':>8}{'F1':>8}{'AUC':>8}{'threshold':>11}   (threshold: Youden's J on validation)")
+for name, summary in summaries.items():
+    m = summary["testing"]
+    cells = [m["accuracy"], m["f1"], m["auc"]]
+    print(f"{name:<18}" + "".join(f"{'n/a' if v is None else format(v, '.3f'):>8}" for v in cells)
+          + f"{summary['threshold']:>11.3f}")
+auc = summaries["trained"]["testing"]["auc"]
+if auc is None or not auc >= min_auc:
+    sys.exit(f"FAIL: the trained test AUC is {auc}, expected at least {min_auc} (chance: 0.5).")
+print(f"OK: the trained test AUC is {auc:.3f} (required: {min_auc}; chance: 0.5).")
+EOF
+    exit 0
+fi
 "$PY" - "$ROOT" "$MIN_GAIN" <<'EOF'
 import json
 import sys

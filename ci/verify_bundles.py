@@ -391,8 +391,10 @@ def check_metadata_keys(ctx: BundleContext) -> str:
         expected_keys = [str(i) for i in range(int(spec["num_channels"]))]
         if sorted(spec["channel_def"], key=int) != expected_keys:
             problems.append(f"{where}.channel_def keys must be {expected_keys}")
+    # a segmentation's class 0 is its background; a classifier's channels are its classes
     pred_channels = outputs.get("pred", {}).get("channel_def", {})
-    if pred_channels and str(pred_channels.get("0", "")).lower() != "background":
+    segmentation = outputs.get("pred", {}).get("format") == "segmentation"
+    if segmentation and pred_channels and str(pred_channels.get("0", "")).lower() != "background":
         problems.append("outputs.pred.channel_def['0'] must be 'background' (MONAI Label drops it from its labels)")
     if problems:
         raise BundleCheckError("; ".join(problems))

@@ -3,19 +3,22 @@
 # the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """Shared fixtures: the bundles in ``bundles/``, their checks files (reduced settings, synthetic data), a throwaway copy
 of the fixture bundle ``tests/fixtures/bundles/basic_unet_rgb_segmentation``, ``ci/verify_bundles.py`` as a module,
-ports and an HTTP server."""
+ports, an HTTP server, and a real T1 MRI (the MNI152 template of nilearn's wheel) with the ways scans store it."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import http.server
 import importlib.util
 import json
 import os
 import socket
+import subprocess
 import sys
 import threading
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -38,6 +41,12 @@ FIXTURE_BUNDLE = FIXTURES_DIR / "bundles" / "basic_unet_rgb_segmentation"
 FIXTURE_CHECKS_DIR = FIXTURES_DIR / "bundle_checks"
 # where the tests look for checks files: the repository's first, then the fixtures'
 CHECKS_DIRS = (CHECKS_DIR, FIXTURE_CHECKS_DIR)
+# a real T1 MRI that ships inside a PyPI wheel: the MNI152 2009a template of nilearn (read from the wheel; nilearn and
+# its dependencies are not installed)
+WHEEL_CACHE = REPO_ROOT / ".cache" / "wheels"
+NILEARN = "nilearn==0.14.1"
+MNI152_T1_MEMBER = "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+MNI152_T1_SHA256 = "421a10e872fd6cadae7f61d358dffbcc1795a497d61ee76c5dda2503e1a1e9e6"
 
 
 @functools.lru_cache(maxsize=None)
@@ -180,6 +189,54 @@ def subprocess_env(**extra: str) -> dict:
     env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONWARNINGS": "ignore"})
     env.update(extra)
     return env
+
+
+@pytest.fixture(scope="session")
+def mni152_t1():
+    """The MNI152 2009a T1 template (197 x 233 x 189, 1 mm, RAS, skull-stripped uint8) as a nibabel image, taken from
+    nilearn's wheel, which is fetched once with ``pip download --no-deps`` into ``.cache/wheels``."""
+    import nibabel as nib
+
+    target = WHEEL_CACHE / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+    if not target.is_file():
+        WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(WHEEL_CACHE), NILEARN],
+                       check=True, timeout=600)
+        wheel = next(WHEEL_CACHE.glob("nilearn-0.14.1-*.whl"))
+        with zipfile.ZipFile(wheel) as archive:
+            data = archive.read(MNI152_T1_MEMBER)
+        if hashlib.sha256(data).hexdigest() != MNI152_T1_SHA256:
+            raise AssertionError(f"{MNI152_T1_MEMBER} in {wheel} is not the expected file (sha256 differs)")
+        target.write_bytes(data)
+    image = nib.load(target)
+    assert image.shape == (197, 233, 189) and nib.aff2axcodes(image.affine) == ("R", "A", "S")
+    return image
+
+
+def stored_as(image, kind: str, crop: tuple[slice, slice, slice] | None = None):
+    """``image`` (optionally cropped to ``crop``) stored another way, as scanners and converters do: ``"ras"`` as is,
+    ``"lps_1x1x3mm"`` (x and y reversed, every third axial slice) or ``"sagittal_first"`` (storage axes S, A, R)."""
+    import nibabel as nib
+    import numpy as np
+
+    crop = crop or tuple(slice(0, n) for n in image.shape)
+    data = np.asarray(image.dataobj)[crop]
+    affine = image.affine.copy()
+    affine[:3, 3] = image.affine[:3, :3] @ np.array([c.start for c in crop]) + image.affine[:3, 3]
+    if kind == "lps_1x1x3mm":
+        data = data[::-1, ::-1, ::3]
+        index_map = np.diag([-1.0, -1.0, 3.0, 1.0])  # new voxel index -> index in the crop
+        index_map[:3, 3] = [data.shape[0] - 1, data.shape[1] - 1, 0]
+        affine = affine @ index_map
+    elif kind == "sagittal_first":  # the k axis varies slowest in the file
+        data = np.transpose(data, (2, 1, 0))
+        affine = affine[:, [2, 1, 0, 3]]
+    elif kind != "ras":
+        raise ValueError(f"unknown storage kind '{kind}'")
+    stored = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+    stored.set_qform(affine, code=1)
+    stored.set_sform(affine, code=1)
+    return stored
 
 
 @pytest.fixture

@@ -202,8 +202,15 @@ def _data_type(bundle: Path) -> str:
     return json.loads((bundle / "configs" / "metadata.json").read_text()).get("data_type", "nibabel")
 
 
+def _pred_format(bundle: Path) -> str:
+    formats = json.loads((bundle / "configs" / "metadata.json").read_text())["network_data_format"]
+    return next(iter(formats["outputs"].values())).get("format", "")
+
+
 def _served_bundle_params() -> list:
-    return [p for p in bundle_params() if _data_type(p.values[0]) in ("nibabel", "png")]
+    """The segmentation bundles (MONAI Label has no classification task: nnmamba_adni's README says so)."""
+    return [p for p in bundle_params()
+            if _data_type(p.values[0]) in ("nibabel", "png") and _pred_format(p.values[0]) == "segmentation"]
 
 
 def _write_png_datastore(cases: list[dict], studies: Path, upload: Path) -> None:

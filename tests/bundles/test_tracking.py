@@ -7,7 +7,7 @@ bundle folder as the bundle README says, records the run in a local store that t
 For every bundle in ``bundles/``: one reduced epoch on the synthetic data of its checks file with MONAI's default
 tracking settings (MONAI 1.6: SQLite store ``<output_dir>/mlruns.db``, artifacts in ``<output_dir>/mlruns``), then the
 store is opened with ``mlflow.MlflowClient`` and the run must hold the real training loss per iteration, the
-validation metrics the bundle defines (Dice in [0, 1]), the trainer parameters and the executed config. Needs the
+validation metrics the bundle defines (Dice or AUC in [0, 1]), the trainer parameters and the executed config. Needs the
 ``tracking`` extra (mlflow-skinny + SQLAlchemy + Alembic), which the ``test`` extra includes.
 """
 
@@ -39,8 +39,8 @@ def _sqlite_uri(path: Path) -> str:
 
 def _train_setup(config: Path, bundle_root: Path) -> tuple[Path, dict[str, tuple[bool, bool]]]:
     """The resolved ``output_dir`` (MONAI's default ``<bundle_root>/eval`` if the config has none) and the metrics the
-    run must log, ``{name: (is_validation, is_dice)}``, from ``validate#key_metric``, ``validate#additional_metrics``
-    and ``train#key_metric``."""
+    run must log, ``{name: (is_validation, is_bounded)}`` (a Dice or an AUC, which lie in [0, 1]), from
+    ``validate#key_metric``, ``validate#additional_metrics`` and ``train#key_metric``."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
@@ -51,7 +51,8 @@ def _train_setup(config: Path, bundle_root: Path) -> tuple[Path, dict[str, tuple
     for section in ("validate#key_metric", "validate#additional_metrics", "train#key_metric"):
         for name, item in (parser.get(section) or {}).items():
             target = str(item.get("_target_", "")) if isinstance(item, dict) else ""
-            metrics[name] = (section.startswith("validate"), target.endswith("MeanDice") or "dice" in name.lower())
+            bounded = target.endswith(("MeanDice", "ROCAUC")) or "dice" in name.lower() or "auc" in name.lower()
+            metrics[name] = (section.startswith("validate"), bounded)
     return output_dir, metrics
 
 
@@ -66,7 +67,7 @@ def test_tracking_mlflow_records_local_run(bundle: Path, tmp_path: Path):
     dataset = make_synthetic_data(bundle, tmp_path / "dataset")
     config = next((work / "configs").glob("train.*"))
     output_dir, metrics = _train_setup(config, work)
-    assert any(is_val and is_dice for is_val, is_dice in metrics.values()), f"no validation Dice in {config.name}"
+    assert any(is_val and bounded for is_val, bounded in metrics.values()), f"no validation Dice/AUC in {config.name}"
 
     # the README command from the bundle folder (default bundle_root "."), one reduced epoch, one validation
     overrides = {**reduced_train_overrides(bundle), "dataset_dir": str(dataset), "epochs": 1, "val_interval": 1}
@@ -102,15 +103,15 @@ def test_tracking_mlflow_records_local_run(bundle: Path, tmp_path: Path):
     assert run.data.params.get("max_epochs") == "1", run.data.params
     assert run.data.params.get("epoch_length") == str(len(loss)), run.data.params
 
-    # validation (and training key) metrics the bundle defines: finite, Dice in [0, 1]; one validation ran
+    # validation (and training key) metrics the bundle defines: finite, Dice and AUC in [0, 1]; one validation ran
     missing = sorted(set(metrics) - set(run.data.metrics))
     assert not missing, f"metrics not logged: {missing}; logged: {sorted(run.data.metrics)}"
-    for name, (is_val, is_dice) in metrics.items():
+    for name, (is_val, bounded) in metrics.items():
         values = [m.value for m in client.get_metric_history(run_id, name)]
         assert _finite(values), (name, values)
         if is_val:
             assert len(values) == 1, (name, values)
-        if is_dice:
+        if bounded:
             assert all(0.0 <= v <= 1.0 for v in values), (name, values)
 
     # the executed config is kept as a run artifact under <output_dir>/mlruns

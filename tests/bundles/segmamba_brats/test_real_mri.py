@@ -11,70 +11,32 @@ leave no half-written segmentation and resume with the cases it had not finished
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import stored_as
 
 from shared_networks.data import BRATS_MODALITIES
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BUNDLE = REPO_ROOT / "bundles" / "segmamba_brats"
-WHEEL_CACHE = REPO_ROOT / ".cache" / "wheels"
-NILEARN = "nilearn==0.14.1"
-T1_MEMBER = "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
-T1_SHA256 = "421a10e872fd6cadae7f61d358dffbcc1795a497d61ee76c5dda2503e1a1e9e6"
 # a central block of the brain (ventricles, white and grey matter), 80 x 96 x 80 voxels
 CROP = (slice(58, 138), slice(70, 166), slice(50, 130))
 REDUCED = ["--network_def#feature_sizes", "[8,16,32,64]", "--network_def#hidden_size", "32",
            "--patch_size", "[64,64,64]", "--sw_batch_size", "1", "--num_workers", "0"]
 
 
-@pytest.fixture(scope="module")
-def mni152_t1() -> nib.Nifti1Image:
-    """The template (197 x 233 x 189, 1 mm, RAS, skull-stripped uint8), fetched once with ``pip download``."""
-    target = WHEEL_CACHE / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
-    if not target.is_file():
-        WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(WHEEL_CACHE), NILEARN],
-                       check=True, timeout=600)
-        wheel = next(WHEEL_CACHE.glob("nilearn-0.14.1-*.whl"))
-        with zipfile.ZipFile(wheel) as archive:
-            data = archive.read(T1_MEMBER)
-        if hashlib.sha256(data).hexdigest() != T1_SHA256:
-            raise AssertionError(f"{T1_MEMBER} in {wheel} is not the expected file (sha256 differs)")
-        target.write_bytes(data)
-    image = nib.load(target)
-    assert image.shape == (197, 233, 189) and nib.aff2axcodes(image.affine) == ("R", "A", "S")
-    return image
-
-
 def _stored(image: nib.Nifti1Image, kind: str) -> nib.Nifti1Image:
     """The same anatomy stored another way (a central crop keeps the CPU time short)."""
-    data = np.asarray(image.dataobj)[CROP]
-    affine = image.affine.copy()
-    affine[:3, 3] = image.affine[:3, :3] @ np.array([c.start for c in CROP]) + image.affine[:3, 3]
-    if kind == "lps_1x1x3mm":  # every third axial slice, x and y reversed
-        data = data[::-1, ::-1, ::3]
-        index_map = np.diag([-1.0, -1.0, 3.0, 1.0])  # new voxel index -> index in the crop
-        index_map[:3, 3] = [data.shape[0] - 1, data.shape[1] - 1, 0]
-        affine = affine @ index_map
-    elif kind == "sagittal_first":  # storage axes (S, A, R): the k axis varies slowest in the file
-        data = np.transpose(data, (2, 1, 0))
-        affine = affine[:, [2, 1, 0, 3]]
-    stored = nib.Nifti1Image(np.ascontiguousarray(data), affine)
-    stored.set_qform(affine, code=1)
-    stored.set_sform(affine, code=1)
-    return stored
+    return stored_as(image, kind, CROP)
 
 
 def _write_case(root: Path, name: str, image: nib.Nifti1Image) -> None:
