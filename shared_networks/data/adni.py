@@ -36,9 +36,10 @@ import numpy as np
 from shared_networks.data.brats import split_case_names
 from shared_networks.data.validation import (
     ValidationCache,
-    check_image_file,
+    check_image_files,
+    list_nifti_files,
     read_datalist,
-    run_checks,
+    recheck_image_files,
     validation_sidecar_path,
 )
 from shared_networks.io import nifti_gz_bytes, write_bytes_atomically, write_text_atomically
@@ -70,7 +71,6 @@ _RELEASE_COHORTS = ("adni1", "adni2")  # the release trains on ADNI-1 and tests 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _PARTICIPANT_ID = re.compile(r"(?<!\d)(\d{3}_S_\d{4})(?!\d)")
 _VALIDATION_RULES = "adni-t1/1"
-_LOG_EVERY = 200
 
 
 def adni_task_classes(task: str | Sequence[str]) -> tuple[str, ...]:
@@ -278,15 +278,6 @@ def _check_entry(entry: Any, where: str) -> tuple[str, str]:
     return f"ADNI subject '{entry['subject']}' ({where})", os.fspath(entry["image"])
 
 
-def _check_volumes(items: Sequence[tuple[str, str]], cache: ValidationCache, num_workers: int | None) -> None:
-    def check(item: tuple[str, str]) -> None:
-        context, path = item
-        if cache.lookup(path, "t1") is None:
-            cache.record(check_image_file(path, context), "t1")
-
-    run_checks(check, items, num_workers=num_workers, what="ADNI volumes", log_every=_LOG_EVERY)
-
-
 def _check_splits(datalist: Mapping[str, list], classes: Sequence[str], where: str) -> None:
     for key in ("training", "validation"):
         present = {int(e["label"]) for e in datalist[key]}
@@ -344,12 +335,7 @@ def make_adni_datalist(
                     raise ValueError(f"ADNI subject '{entry['subject']}' (split '{key}' of '{datalist_path}'): label "
                                      f"{entry['label']} is not a class index of {list(classes)}.")
         _check_splits(datalist, classes, f"datalist '{datalist_path}'")
-        cache = ValidationCache.load(sidecar, rules=_VALIDATION_RULES)
-        try:
-            _check_volumes(items, cache, num_workers)
-        finally:
-            cache.keep_only(path for _, path in items)
-            cache.save()
+        recheck_image_files(items, sidecar, _VALIDATION_RULES, "t1", "ADNI volumes", num_workers)
         return datalist
 
     scans = find_adni_scans(dataset_dir, task, csv_path, skip_labels)
@@ -361,7 +347,8 @@ def make_adni_datalist(
                 for key, group in zip(_DATALIST_KEYS, splits)}
     _check_splits(datalist, classes, f"ADNI data in '{dataset_dir}'")
     cache = ValidationCache(sidecar, rules=_VALIDATION_RULES)
-    _check_volumes([(f"ADNI subject '{s['subject']}'", s["image"]) for s in scans], cache, num_workers)
+    items = [(f"ADNI subject '{s['subject']}'", s["image"]) for s in scans]
+    check_image_files(items, cache, "t1", "ADNI volumes", num_workers)
     write_text_atomically(json.dumps(datalist, indent=2) + "\n", datalist_path)
     cache.save()
     logger.info("Wrote datalist '%s' (%s): %s.", datalist_path, " vs ".join(classes),
@@ -380,20 +367,11 @@ def list_adni_volumes(input_dir: str | os.PathLike, num_workers: int | None = No
         FileNotFoundError: ``input_dir`` does not exist.
         ValueError: it holds no NIfTI file, or a volume fails its check (the message names the file).
     """
-    input_dir = os.path.abspath(os.fspath(input_dir))
-    if os.path.isfile(input_dir):
-        paths = [input_dir]
-    elif os.path.isdir(input_dir):
-        paths = sorted(os.path.join(root, name) for root, _, names in os.walk(input_dir) for name in names
-                       if _nifti_stem(name) is not None)
-    else:
-        raise FileNotFoundError(f"input '{input_dir}' is neither a NIfTI file nor a folder.")
-    if not paths:
-        raise ValueError(f"no .nii / .nii.gz volume under '{input_dir}'.")
+    paths = list_nifti_files(input_dir)
     entries = [{"subject": _subject_of_file(os.path.basename(p)), "scan": _nifti_stem(os.path.basename(p)),
                 "image": p} for p in paths]
-    run_checks(lambda e: check_image_file(e["image"], f"ADNI volume '{e['scan']}'"), entries,
-               num_workers=num_workers, what="ADNI volumes", log_every=_LOG_EVERY)
+    check_image_files([(f"ADNI volume '{e['scan']}'", e["image"]) for e in entries], what="ADNI volumes",
+                      num_workers=num_workers)
     return entries
 
 

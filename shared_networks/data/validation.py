@@ -49,10 +49,13 @@ __all__ = [
     "ImageFileSummary",
     "ValidationCache",
     "check_image_file",
+    "check_image_files",
     "check_png_file",
     "check_same_grid",
     "default_num_workers",
+    "list_nifti_files",
     "read_datalist",
+    "recheck_image_files",
     "run_checks",
     "validation_sidecar_path",
 ]
@@ -522,6 +525,27 @@ def check_same_grid(
             )
 
 
+def list_nifti_files(input_path: str | os.PathLike) -> list[str]:
+    """
+    Every ``.nii`` / ``.nii.gz`` file under the folder ``input_path`` (recursively, sorted), or the one file it names,
+    as absolute paths: the volumes an inference config is pointed at.
+
+    Raises:
+        FileNotFoundError: ``input_path`` does not exist.
+        ValueError: it holds no NIfTI file.
+    """
+    input_path = os.path.abspath(os.fspath(input_path))
+    if os.path.isfile(input_path):
+        return [input_path]
+    if not os.path.isdir(input_path):
+        raise FileNotFoundError(f"input '{input_path}' is neither a NIfTI file nor a folder.")
+    paths = sorted(os.path.join(root, name) for root, _, names in os.walk(input_path) for name in names
+                   if name.lower().endswith((".nii", ".nii.gz")))
+    if not paths:
+        raise ValueError(f"no .nii / .nii.gz volume under '{input_path}'.")
+    return paths
+
+
 def read_datalist(datalist_path: str | os.PathLike,
                   keys: Sequence[str] = ("training", "validation", "testing")) -> dict[str, Any]:
     """
@@ -714,3 +738,46 @@ def run_checks(
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
     return results
+
+
+def check_image_files(
+    items: Sequence[tuple[str, str]],
+    cache: ValidationCache | None = None,
+    kind: str = "image",
+    what: str = "volumes",
+    num_workers: int | None = None,
+) -> None:
+    """
+    :func:`check_image_file` on every ``(context, path)`` of ``items`` (one volume each, e.g. a subject's T1), in
+    threads (:func:`run_checks`), skipping the files ``cache`` vouches for as ``kind`` and recording those that pass.
+    """
+
+    def check(item: tuple[str, str]) -> None:
+        context, path = item
+        if cache is None or cache.lookup(path, kind) is None:
+            summary = check_image_file(path, context)
+            if cache is not None:
+                cache.record(summary, kind)
+
+    run_checks(check, items, num_workers=num_workers, what=what)
+
+
+def recheck_image_files(
+    items: Sequence[tuple[str, str]],
+    sidecar: str | os.PathLike,
+    rules: str,
+    kind: str = "image",
+    what: str = "volumes",
+    num_workers: int | None = None,
+) -> None:
+    """
+    :func:`check_image_files` for the files of a reused datalist, with the validation record ``sidecar``: only the
+    files changed since they last passed are read; the record is updated (and kept to these files) even when a check
+    fails, so the next run reads only what changed.
+    """
+    cache = ValidationCache.load(sidecar, rules=rules)
+    try:
+        check_image_files(items, cache, kind, what, num_workers)
+    finally:
+        cache.keep_only(path for _, path in items)
+        cache.save()
