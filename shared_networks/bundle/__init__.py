@@ -32,5 +32,13 @@ from .handlers import (
     TrainingCheckpoint,
     clean_checkpoint_folder,
 )
+from .landmarks import (
+    DecodeLandmarksd,
+    LandmarkWriter,
+    MeanRadialError,
+    RadialErrorMetric,
+    decode_heatmaps,
+    voxel_to_world,
+)
 from .metrics import NanAwareHausdorffDistance, NanAwareMeanDice, PresentLabelDice, PresentLabelDiceMetric
 from .writers import AtomicNibabelWriter, AtomicPILWriter, pending_items

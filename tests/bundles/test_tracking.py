@@ -7,8 +7,8 @@ bundle folder as the bundle README says, records the run in a local store that t
 For every bundle in ``bundles/``: one reduced epoch on the synthetic data of its checks file with MONAI's default
 tracking settings (MONAI 1.6: SQLite store ``<output_dir>/mlruns.db``, artifacts in ``<output_dir>/mlruns``), then the
 store is opened with ``mlflow.MlflowClient`` and the run must hold the real training loss per iteration, the
-validation metrics the bundle defines (Dice or AUC in [0, 1]), the trainer parameters and the executed config. Needs the
-``tracking`` extra (mlflow-skinny + SQLAlchemy + Alembic), which the ``test`` extra includes.
+validation metrics the bundle defines (finite; Dice and AUC in [0, 1]), the trainer parameters and the executed
+config. Needs the ``tracking`` extra (mlflow-skinny + SQLAlchemy + Alembic), which the ``test`` extra includes.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def test_tracking_mlflow_records_local_run(bundle: Path, tmp_path: Path):
     dataset = make_synthetic_data(bundle, tmp_path / "dataset")
     config = next((work / "configs").glob("train.*"))
     output_dir, metrics = _train_setup(config, work)
-    assert any(is_val and bounded for is_val, bounded in metrics.values()), f"no validation Dice/AUC in {config.name}"
+    assert any(is_val for is_val, _ in metrics.values()), f"no validation metric in {config.name}"
 
     # the README command from the bundle folder (default bundle_root "."), one reduced epoch, one validation
     overrides = {**reduced_train_overrides(bundle), "dataset_dir": str(dataset), "epochs": 1, "val_interval": 1}
