@@ -236,3 +236,27 @@ def test_bad_input_from_the_command_line_names_subject_and_file(tmp_path):
                   "--epochs", "1", bundle_root=tmp_path / "run2")
     assert result.returncode != 0 and "label 'Dementia' is not a class of the task ['NC', 'AD']" in (
         result.stdout + result.stderr)
+
+
+@pytest.mark.slow
+def test_class_balanced_sampling_under_two_process_ddp(tmp_path):
+    from conftest import free_port
+
+    data = tmp_path / "ADNI"
+    generate_adni_phantoms(data, num_cases=28, seed=6)
+    for path in sorted((data / "AD").iterdir())[8:]:  # 14 NC, 8 AD: 7 + 4 training scans
+        path.unlink()
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "monai.bundle", "run",
+               "training", "--config_file", "['configs/train.yaml','configs/multi_gpu_train.yaml']",
+               "--bundle_root", str(run), "--dataset_dir", str(data), *REDUCED, "--epochs", "1",
+               "--class_balanced", "true", "--split_fractions", "[0.5,0.25,0.25]"]
+    result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=600, env=subprocess_env())
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    # 11 training scans: DistributedWeightedRandomSampler draws 11 // 2 = 5 per rank (2 batches of 2), where the
+    # shuffling DistributedSampler would pad to 6 per rank (3 batches)
+    assert "Epoch: 1/1, Iter: 2/2" in log and "Iter: 3/" not in log
+    state = torch.load(run / "models" / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in state)
