@@ -287,6 +287,8 @@ def _check_splits(datalist: Mapping[str, list], classes: Sequence[str], where: s
                 f"{where}: the {key} split has no {' or '.join(absent)} scan ({len(datalist[key])} scans); training "
                 "and the validation AUC / Youden threshold need every class. Add subjects or change the split."
             )
+    if not datalist["testing"]:
+        logger.warning("%s: the testing split is empty; evaluate.yaml will score the validation split only.", where)
     subjects = {key: {e["subject"] for e in datalist[key]} for key in _DATALIST_KEYS}
     for a, b in (("training", "validation"), ("training", "testing"), ("validation", "testing")):
         shared = sorted(subjects[a] & subjects[b])

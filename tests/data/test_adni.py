@@ -84,6 +84,17 @@ def test_csv_layout_with_and_without_image_column(tmp_path):
         "002_S_0001": (0, "002_S_0001.nii.gz"), "002_S_0002": (1, "t1.nii"), "002_S_0004": (1, "a.nii.gz")}
 
 
+def test_csv_without_testing_rows_warns(tmp_path, caplog):
+    rows = []
+    for i, split in enumerate(["train", "train", "train", "train", "val", "val"]):
+        _volume(tmp_path / f"s{i}.nii.gz", i)
+        rows.append(f"s{i},{'AD' if i % 2 else 'NC'},{split}")
+    (tmp_path / "subjects.csv").write_text("subject,label,split\n" + "\n".join(rows) + "\n")
+    with caplog.at_level("WARNING"):
+        datalist = make_adni_datalist(tmp_path, tmp_path / "datalist.json", csv_path=tmp_path / "subjects.csv")
+    assert datalist["testing"] == [] and "the testing split is empty" in caplog.text
+
+
 def test_csv_split_column_is_used_as_given(tmp_path):
     rows = []
     for i, split in enumerate(["train", "train", "train", "train", "val", "val", "test", "test"]):
