@@ -6,22 +6,26 @@
 #   bash ci/demo.sh                          bundles/segmamba_brats (README's main command)
 #   bash ci/demo.sh swin_umamba_endoscopy    bundles/swin_umamba_endoscopy
 #   bash ci/demo.sh nnmamba_adni             bundles/nnmamba_adni (classification: AUC instead of Dice)
+#   bash ci/demo.sh nnmamba_landmark         bundles/nnmamba_landmark (landmarks: mean radial error in mm)
 #   1. deterministic synthetic data in the dataset's real layout (generate_brats_phantoms / generate_endovis_phantoms /
-#      generate_adni_phantoms)
+#      generate_adni_phantoms / generate_landmark_phantoms)
 #   2. evaluate.yaml on the untrained network (random init, no checkpoint loaded)
 #   3. `run training` with a reduced configuration given as command-line overrides (no copy of the configs)
 #   4. evaluate.yaml on the trained models/model.pt
 # and prints the test-split Dice of both; exits non-zero unless training clearly improved it. For nnmamba_adni it prints
 # the test-split ACC / F1 / AUC at the threshold chosen on validation, and fails unless the trained AUC reaches
-# DEMO_MIN_AUC (0.75; chance is 0.5).
+# DEMO_MIN_AUC (0.75; chance is 0.5). For nnmamba_landmark it prints the test-split MRE per landmark and fails unless
+# training at least halved it (DEMO_MAX_MRE_RATIO, 0.5).
 # Environment: DEMO_DIR (default demo), DEMO_EPOCHS, DEMO_ITERATIONS (3 x 10 for SegMamba, 8 x 20 for Swin-UMamba,
-# 10 epochs over the training split for nnMamba), DEMO_MIN_GAIN (0.15), DEMO_MIN_AUC (0.75).
+# 10 epochs over the training split for the nnMamba classifier, 30 for the landmark network), DEMO_MIN_GAIN (0.15),
+# DEMO_MIN_AUC (0.75), DEMO_MAX_MRE_RATIO (0.5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUNDLE=${1:-segmamba_brats}
 case "$BUNDLE" in
-    segmamba_brats|swin_umamba_endoscopy|nnmamba_adni) ;;
-    *) echo "usage: bash ci/demo.sh [segmamba_brats|swin_umamba_endoscopy|nnmamba_adni] (got '$BUNDLE')" >&2; exit 2 ;;
+    segmamba_brats|swin_umamba_endoscopy|nnmamba_adni|nnmamba_landmark) ;;
+    *) echo "usage: bash ci/demo.sh [segmamba_brats|swin_umamba_endoscopy|nnmamba_adni|nnmamba_landmark] (got '$BUNDLE')" >&2
+       exit 2 ;;
 esac
 start=$SECONDS
 log() { echo "[demo $(printf '%4d' $((SECONDS - start)))s] $*"; }
@@ -73,6 +77,17 @@ elif [ "$BUNDLE" = nnmamba_adni ]; then
              --network_def#feature_size 16 --network_def#blocks 1 --split_fractions "[0.6,0.2,0.2]"
              --num_workers 0 --cache_rate 1.0)
     TRAIN_EXTRA=()
+elif [ "$BUNDLE" = nnmamba_landmark ]; then
+    DATA=$DEMO_DIR/data_landmarks
+    EPOCHS=${DEMO_EPOCHS:-30}
+    log "writing 24 synthetic volumes (32^3 at 1.5 mm) with 6 landmarks each (images/ + landmarks.json) to $DATA"
+    rm -rf "$DATA"
+    "$PY" -c "from shared_networks.data import generate_landmark_phantoms as g; g('$DATA', num_cases=24, shape=(32, 32, 32), spacing=1.5, seed=0)"
+    # the reduced configuration: volumes resized to 32^3, heatmaps of sigma 2 voxels, a 16-wide nnMambaSeg with one
+    # block per stage, a 2-epoch warm-up; the release's loss, optimiser and batch size unchanged
+    REDUCED=(--bundle_root "$ROOT" --dataset_dir "$DATA" --spatial_size "[32,32,32]" --heatmap_sigma 2.0
+             --network_def#feature_size 16 --network_def#blocks 1 --num_workers 0 --cache_rate 1.0)
+    TRAIN_EXTRA=(--warmup_epochs 2)
 else
     DATA=$DEMO_DIR/data_endovis
     EPOCHS=${DEMO_EPOCHS:-8}
@@ -92,14 +107,15 @@ cd "bundles/$BUNDLE"
 EVALUATE=(run --config_file "['configs/train.yaml','configs/evaluate.yaml']")
 
 log "evaluating the untrained network on the testing split"
-step "$ROOT/logs/evaluate_untrained.log" "Validated|Wrote datalist|Metrics|val_mean|testing \(" \
+step "$ROOT/logs/evaluate_untrained.log" "Validated|Wrote datalist|Metrics|val_mean|val_mre:|testing \(" \
     "$PY" -m monai.bundle "${EVALUATE[@]}" "${REDUCED[@]}" --output_dir "$ROOT/eval_untrained" \
     --validate#handlers#0#_disabled_ true
 
-if [ "$BUNDLE" = nnmamba_adni ]; then
+if [ "$BUNDLE" = nnmamba_adni ] || [ "$BUNDLE" = nnmamba_landmark ]; then
     log "training: $EPOCHS epochs over the training split (python -m monai.bundle run training ...)"
     step "$ROOT/logs/train.log" "Epoch\[[0-9]+\] Metrics" \
-        "$PY" -m monai.bundle run training --config_file configs/train.yaml "${REDUCED[@]}" --epochs "$EPOCHS" --val_interval 1
+        "$PY" -m monai.bundle run training --config_file configs/train.yaml "${REDUCED[@]}" ${TRAIN_EXTRA[@]+"${TRAIN_EXTRA[@]}"} \
+        --epochs "$EPOCHS" --val_interval 1
 else
     log "training: $EPOCHS epochs x $ITERATIONS iterations (python -m monai.bundle run training ...)"
     step "$ROOT/logs/train.log" "Iter: [0-9]+/$ITERATIONS -- |Epoch\[[0-9]+\] Metrics" \
@@ -108,7 +124,7 @@ else
 fi
 
 log "evaluating the trained models/model.pt on the testing split"
-step "$ROOT/logs/evaluate_trained.log" "Restored|Metrics|val_mean|testing \(" \
+step "$ROOT/logs/evaluate_trained.log" "Restored|Metrics|val_mean|val_mre:|testing \(" \
     "$PY" -m monai.bundle "${EVALUATE[@]}" "${REDUCED[@]}" --output_dir "$ROOT/eval_trained"
 
 log "done in $((SECONDS - start)) s; outputs in $ROOT"
@@ -129,6 +145,25 @@ auc = summaries["trained"]["testing"]["auc"]
 if auc is None or not auc >= min_auc:
     sys.exit(f"FAIL: the trained test AUC is {auc}, expected at least {min_auc} (chance: 0.5).")
 print(f"OK: the trained test AUC is {auc:.3f} (required: {min_auc}; chance: 0.5).")
+EOF
+    exit 0
+fi
+if [ "$BUNDLE" = nnmamba_landmark ]; then
+    "$PY" - "$ROOT" "${DEMO_MAX_MRE_RATIO:-0.5}" <<'EOF'
+import json
+import sys
+
+root, max_ratio = sys.argv[1], float(sys.argv[2])
+metrics = {name: json.load(open(f"{root}/eval_{name}/metrics_summary.json"))["metrics"]
+           for name in ("untrained", "trained")}
+names = list(metrics["trained"]["val_radial_error"])
+print(f"{'test split, mm':<18}" + "".join(f"{n:>8}" for n in names) + f"{'MRE':>8}")
+for label, m in metrics.items():
+    print(f"{label:<18}" + "".join(f"{m['val_radial_error'][n]:>8.2f}" for n in names) + f"{m['val_mre']:>8.2f}")
+ratio = metrics["trained"]["val_mre"] / metrics["untrained"]["val_mre"]
+if not ratio <= max_ratio:
+    sys.exit(f"FAIL: training brought the MRE to {ratio:.2f} x the untrained one, expected at most {max_ratio}.")
+print(f"OK: training brought the MRE to {ratio:.2f} x the untrained one (required: at most {max_ratio}).")
 EOF
     exit 0
 fi
