@@ -99,15 +99,20 @@ def unknown_overrides(config_files: Sequence[str], override_ids: Sequence[str]) 
 
 
 def error_summary(error: BaseException) -> tuple[BaseException, str]:
-    """The innermost cause of ``error`` (past MONAI's "Failed to evaluate" wrappers) and a one-paragraph summary."""
-    root = error
-    seen = set()
-    while id(root) not in seen:
-        seen.add(id(root))
-        cause = root.__cause__ or (None if root.__suppress_context__ else root.__context__)
-        if cause is None:
+    """
+    The error to report (past MONAI's "Failed to evaluate" wrappers) and a one-paragraph summary: the outermost
+    exception of the chain raised by this package, whose message names the file and what was expected (not the
+    low-level cause it was raised from, e.g. a ``zlib.error``); else the innermost cause.
+    """
+    chain, seen = [error], {id(error)}
+    while True:
+        last = chain[-1]
+        cause = last.__cause__ or (None if last.__suppress_context__ else last.__context__)
+        if cause is None or id(cause) in seen:
             break
-        root = cause
+        chain.append(cause)
+        seen.add(id(cause))
+    root = next((e for e in chain if _raised_by_this_package(e)), chain[-1])
     message = str(root).strip() or repr(root)
     return root, f"{type(root).__name__}: {message}"
 

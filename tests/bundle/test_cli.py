@@ -23,6 +23,7 @@ CONFIG = {
     "initialize": ["$shared_networks.bundle.cli.check_command_line()"],
     "run": ["$print('epochs =', @epochs)"],
     "find": ["$shared_networks.data.find_brats_cases(@dataset_dir)"],
+    "check": ["$shared_networks.data.check_image_file(@dataset_dir, 'case x')"],
 }
 
 
@@ -64,6 +65,20 @@ def test_input_error_ends_with_its_message_and_full_traceback_on_request(tmp_pat
     verbose = run_bundle(tmp_path, "find", env={**child_env, FULL_TRACEBACK_ENV_VAR: "1"})
     assert "Traceback" in verbose.stderr and "Failed to evaluate" in verbose.stderr
     assert verbose.stderr.strip().splitlines()[-2].startswith("The run stopped: FileNotFoundError")
+
+
+def test_the_summary_is_the_package_message_not_its_low_level_cause(tmp_path, child_env):
+    import gzip
+
+    # a gzip file of the right length whose deflate data are damaged: zlib raises, check_image_file names the file
+    data = bytearray(gzip.compress(bytes(range(256)) * 64, mtime=0))
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "bad.nii.gz").write_bytes(bytes(data))
+    result = run_bundle(tmp_path, "check", "--dataset_dir", str(tmp_path / "bad.nii.gz"), env=child_env)
+    assert result.returncode != 0
+    summary = [line for line in result.stderr.splitlines() if line.startswith("The run stopped:")]
+    assert summary and summary[0].startswith("The run stopped: ValueError: case x: file "), summary
+    assert "bad.nii.gz' is corrupt or truncated" in summary[0]
 
 
 def test_unknown_overrides_allows_new_keys_under_existing_entries(tmp_path):
