@@ -325,6 +325,21 @@ def split_case_names(
     return names[: sizes[0]], names[sizes[0] : sizes[0] + sizes[1]], names[sizes[0] + sizes[1] :]
 
 
+def write_case_split(
+    cases: Sequence[Mapping], datalist_path: str | os.PathLike, seed: int, fractions: Sequence[float],
+    cache: ValidationCache,
+) -> dict:
+    """Split ``cases`` by their ``"case"`` name (:func:`split_case_names`), write the datalist atomically, then the
+    validation record ``cache`` of its files; returns ``{"training", "validation", "testing"}``."""
+    by_name = {case["case"]: case for case in cases}
+    splits = split_case_names(list(by_name), seed=seed, fractions=fractions)
+    datalist = {key: [by_name[name] for name in names] for key, names in zip(_DATALIST_KEYS, splits)}
+    write_text_atomically(json.dumps(datalist, indent=2) + "\n", datalist_path)
+    cache.save()
+    logger.info("Wrote datalist '%s': %s.", datalist_path, ", ".join(f"{len(v)} {k}" for k, v in datalist.items()))
+    return datalist
+
+
 def _revalidate_datalist(datalist: dict, datalist_path: str, num_workers: int | None) -> None:
     """
     Check every file of every split of a reused datalist: their existence always, and a full check of the files
@@ -406,13 +421,7 @@ def make_brats_datalist(
     # a new, empty record: every file is read, and the record is written with the datalist
     cache = ValidationCache(validation_sidecar_path(datalist_path), rules=_VALIDATION_RULES)
     _validate_case_list(cases, check_labels=True, num_workers=num_workers, cache=cache)
-    by_name = {case["case"]: case for case in cases}
-    splits = split_case_names(list(by_name), seed=seed, fractions=fractions)
-    datalist = {key: [by_name[name] for name in names] for key, names in zip(_DATALIST_KEYS, splits)}
-    write_text_atomically(json.dumps(datalist, indent=2) + "\n", datalist_path)
-    cache.save()
-    logger.info("Wrote datalist '%s': %s.", datalist_path, ", ".join(f"{len(v)} {k}" for k, v in datalist.items()))
-    return datalist
+    return write_case_split(cases, datalist_path, seed, fractions, cache)
 
 
 def brats_case_name_formatter(metadict: Mapping, saver: Any = None) -> dict:

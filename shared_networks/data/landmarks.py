@@ -31,7 +31,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from shared_networks.data.brats import split_case_names
+from shared_networks.data.brats import write_case_split
 from shared_networks.data.validation import (
     ValidationCache,
     check_image_files,
@@ -248,13 +248,7 @@ def make_landmark_datalist(
     cache = ValidationCache(sidecar, rules=_VALIDATION_RULES)
     items = [(f"landmark case '{c['case']}'", c["image"]) for c in cases]
     check_image_files(items, cache, "image", "landmark volumes", num_workers)
-    by_name = {c["case"]: c for c in cases}
-    splits = split_case_names(list(by_name), seed=seed, fractions=fractions)
-    datalist = {key: [by_name[name] for name in names] for key, names in zip(_DATALIST_KEYS, splits)}
-    write_text_atomically(json.dumps(datalist, indent=2) + "\n", datalist_path)
-    cache.save()
-    logger.info("Wrote datalist '%s': %s.", datalist_path, ", ".join(f"{len(v)} {k}" for k, v in datalist.items()))
-    return datalist
+    return write_case_split(cases, datalist_path, seed, fractions, cache)
 
 
 def list_landmark_volumes(input_dir: str | os.PathLike, num_workers: int | None = None) -> list[dict]:
