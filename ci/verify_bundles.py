@@ -380,8 +380,17 @@ def check_metadata_keys(ctx: BundleContext) -> str:
         problems.append("use 'required_packages_version' (verify_metadata ignores 'optional_packages_version')")
     fmt = metadata.get("network_data_format", {})
     inputs, outputs = fmt.get("inputs", {}), fmt.get("outputs", {})
-    if list(inputs)[:1] != ["image"] or list(outputs)[:1] != ["pred"]:
-        problems.append("network_data_format must have inputs.image and outputs.pred first (tools read these keys)")
+    if list(inputs)[:1] != ["image"] or "pred" not in outputs:
+        problems.append("network_data_format must have inputs.image first and outputs.pred (tools read these keys)")
+    # MONAI Label serves the first output: pred, or a label map the inference config derives from it (landmarks)
+    served_key, served = next(iter(outputs.items()), ("pred", {}))
+    if served_key != "pred":
+        channels = served.get("channel_def", {})
+        label_values = [str(i) for i in range(len(channels))]
+        background = str(channels.get("0", "")).lower() == "background"
+        if served.get("format") != "segmentation" or sorted(channels, key=int) != label_values or not background:
+            problems.append(f"outputs.{served_key} comes before pred, so MONAI Label serves it: it must be a "
+                            "segmentation with channel_def '0': 'background', '1', ... (the label values)")
     for where, spec in (("inputs.image", inputs.get("image", {})), ("outputs.pred", outputs.get("pred", {}))):
         missing = [k for k in ("type", "format", "modality", "num_channels", "spatial_shape", "dtype", "value_range",
                                "is_patch_data", "channel_def") if k not in spec]

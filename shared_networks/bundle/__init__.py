@@ -34,10 +34,14 @@ from .handlers import (
 )
 from .landmarks import (
     DecodeLandmarksd,
+    LandmarkLabelMapd,
+    LandmarksFromLabelMapd,
     LandmarkWriter,
     MeanRadialError,
     RadialErrorMetric,
     decode_heatmaps,
+    landmark_label_map,
+    landmarks_from_label_map,
     voxel_to_world,
 )
 from .metrics import NanAwareHausdorffDistance, NanAwareMeanDice, PresentLabelDice, PresentLabelDiceMetric

@@ -203,6 +203,11 @@ def test_load_passes_with_json_configs(verify_bundles, fixture_bundle):
          lambda b: _edit_metadata(b, lambda m: m["network_data_format"]["outputs"]["pred"]["channel_def"].update(
              {"0": "tumour", "1": "background"})),
          "must be 'background'"),
+        # an output listed before pred is what MONAI Label serves: it must be a label map with its background at 0
+        ("metadata_keys",
+         lambda b: _edit_metadata(b, lambda m: m["network_data_format"].update(outputs={
+             "points": {"format": "points", "channel_def": {"0": "TCD1"}}, **m["network_data_format"]["outputs"]})),
+         "comes before pred"),
         ("config_lint", lambda b: _edit_yaml(b / "configs" / "train.yaml", dataset_dir="/home/alice/data"),
          "absolute path"),
         ("config_lint", lambda b: _edit_yaml(b / "configs" / "inference.yaml",

@@ -3,9 +3,10 @@
 # the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """
 End-to-end CPU tests of ``bundles/nnmamba_landmark`` through ``python -m monai.bundle run`` on synthetic volumes with
-landmarks, at a reduced size: training (model selection on the lowest validation MRE), evaluation (the per-landmark
-table and the MRE recomputed from the written points and the true ones), inference (points in mm and in voxels of
-the input file, mutually consistent through its affine), and the released network and recipe at full size.
+landmarks, at a reduced size: training (model selection on the lowest validation MRE), training from label maps as
+MONAI Label's /train lists them, evaluation (the per-landmark table and the MRE recomputed from the written points and
+the true ones), inference (points in mm and in voxels of the input file, mutually consistent through its affine, and
+label maps of them on the input's grid), and the released network and recipe at full size.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ NAMES = ["TCD1", "TCD2", "HDV1", "HDV2", "ADV1", "ADV2"]
 
 
 def _run(configs: list[str], *overrides: str, bundle_root: Path) -> subprocess.CompletedProcess:
-    config = f"configs/{configs[0]}" if len(configs) == 1 else "[" + ",".join(f"'configs/{c}'" for c in configs) + "]"
+    """``monai.bundle run`` of ``configs`` (names in configs/, or paths of overlay files)."""
+    configs = [c if "/" in c else f"configs/{c}" for c in configs]
+    config = configs[0] if len(configs) == 1 else "[" + ",".join(f"'{c}'" for c in configs) + "]"
     result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--bundle_root",
                              str(bundle_root), *overrides], cwd=BUNDLE, capture_output=True, text=True, timeout=600,
                             env=subprocess_env())
@@ -62,6 +65,33 @@ def test_training_keeps_the_epoch_of_the_lowest_validation_mre(trained):
     assert int(best[1]) == 1 + values.index(min(values))
     checkpoint = torch.load(trained["run"] / "models" / "checkpoint_last.pt", weights_only=True)
     assert checkpoint["trainer"]["iteration"] == 3 * 3  # 7 training cases, batches of 2, the last one dropped
+
+
+def test_training_from_label_maps_equals_training_from_their_centroids(trained, tmp_path):
+    """MONAI Label's /train overrides the datasets with {"image", "label"} items, the label maps holding a ball per
+    landmark valued by its number: training then sees the balls' centroids, exactly as if they were given as points."""
+    from shared_networks.bundle import landmark_label_map, landmarks_from_label_map
+
+    cases = json.loads((trained["run"] / "datalist.json").read_text())
+    items = (cases["training"] + cases["validation"] + cases["testing"])[:6]
+    labels, from_maps, from_points = tmp_path / "labels", [], []
+    labels.mkdir()
+    for item in items:
+        image = nib.load(item["image"])
+        label_map = landmark_label_map(item["landmarks"], image.affine, image.shape, radius_mm=2.2)
+        path = labels / f"{item['case']}.nii.gz"
+        nib.save(nib.Nifti1Image(label_map, image.affine), str(path))
+        from_maps.append({"image": item["image"], "label": str(path)})
+        centroids = landmarks_from_label_map(label_map, image.affine, len(NAMES))
+        from_points.append({"image": item["image"], "landmarks": centroids.tolist()})
+    logs = []
+    for name, data in (("maps", from_maps), ("points", from_points)):
+        overlay = tmp_path / f"{name}.json"
+        overlay.write_text(json.dumps({"train#dataset#data": data[:4], "validate#dataset#data": data[4:]}))
+        result = _run(["train.yaml", str(overlay)], *REDUCED, "--epochs", "1", "--warmup_epochs", "1",
+                      bundle_root=tmp_path / name)
+        logs.append(re.findall(r"Epoch\[1\] Metrics -- val_mre: ([0-9.]+)", result.stdout + result.stderr))
+    assert len(logs[0]) == 1 and logs[0] == logs[1], logs
 
 
 def test_evaluation_table_matches_the_written_points(trained, tmp_path):
@@ -107,6 +137,23 @@ def test_inference_points_in_mm_and_in_voxels_of_the_input_agree(trained, tmp_pa
 
     table, space = read_landmark_table(out / "landmarks.csv", space="ras")
     assert space == "ras" and len(table) == 10 and all(list(points) == NAMES for points in table.values())
+
+    # the label maps (what MONAI Label serves): on the input's grid, landmark n a ball valued n + 1 around its point
+    # (a barely trained network may put two landmarks in one voxel: only one of them can be shown there)
+    checked = 0
+    for case, points in table.items():
+        source, label_map = nib.load(data / "images" / f"{case}.nii.gz"), nib.load(out / f"{case}_landmarks.nii.gz")
+        labels = np.asarray(label_map.dataobj)
+        assert label_map.shape == source.shape and labels.dtype == np.uint8
+        np.testing.assert_allclose(label_map.affine, source.affine, atol=1e-5)
+        world = np.array([points[n] for n in NAMES])
+        voxels = [tuple(v) for v in np.rint((world - source.affine[:3, 3]) @ np.linalg.inv(source.affine[:3, :3]).T)]
+        for index in (i for i, v in enumerate(voxels) if voxels.count(v) == 1):
+            centroid = np.argwhere(labels == index + 1).mean(axis=0)
+            distance = np.linalg.norm(source.affine[:3, :3] @ centroid + source.affine[:3, 3] - world[index])
+            assert distance <= 1.5, (case, NAMES[index], distance)  # within one voxel (1.5 mm) where balls touch
+            checked += 1
+    assert checked >= 30, checked
 
 
 def test_released_network_and_recipe_at_full_size():
