@@ -7,6 +7,7 @@ test (``tests/nets/test_network_contract.py``)."""
 from .nnmamba import nnMambaClassifier, nnMambaSeg
 from .segmamba import SegMamba
 from .swin_umamba import SwinUMamba, SwinUMambaD, VMambaLoadReport, load_vmamba_pretrained, save_vmamba_encoder
+from .umamba import UMambaBot, UMambaEnc, umamba_from_plans
 
 __all__ = [
     "nnMambaClassifier",
@@ -17,4 +18,7 @@ __all__ = [
     "VMambaLoadReport",
     "load_vmamba_pretrained",
     "save_vmamba_encoder",
+    "UMambaBot",
+    "UMambaEnc",
+    "umamba_from_plans",
 ]

@@ -51,6 +51,11 @@ class ContractCase:
 
 
 _SEGMAMBA_SMALL = {"spatial_dims": 3, "feature_sizes": (8, 16, 32, 64), "hidden_size": 32}
+# divisible by (4, 4) in 2D and (2, 4, 4) in 3D (the products of the strides per axis)
+_UMAMBA_SMALL_2D = {"spatial_dims": 2, "features_per_stage": (8, 16, 32), "strides": (1, 2, 2),
+                    "n_blocks_per_stage": (1, 2, 2), "n_conv_per_stage_decoder": 1}
+_UMAMBA_SMALL_3D = {"spatial_dims": 3, "features_per_stage": (8, 16, 32), "kernel_sizes": ((1, 3, 3), 3, 3),
+                    "strides": (1, (1, 2, 2), 2), "n_blocks_per_stage": 1, "n_conv_per_stage_decoder": 1}
 CONTRACT_CASES: tuple[ContractCase, ...] = (
     ContractCase("SegMamba", {**_SEGMAMBA_SMALL, "in_channels": 4, "out_channels": 4, "mode": "release"},
                  ((32, 16, 16), (32, 16, 48)), id="SegMamba-release-4to4"),
@@ -76,6 +81,14 @@ CONTRACT_CASES: tuple[ContractCase, ...] = (
                  id="nnMambaClassifier-paper"),
     ContractCase("nnMambaClassifier", {"in_channels": 1, "num_classes": 3, "mode": "release", "feature_size": 8,
                                        "blocks": 2}, ((20, 24, 20),), classifier=True, id="nnMambaClassifier-release"),
+    ContractCase("UMambaBot", {**_UMAMBA_SMALL_2D, "in_channels": 3, "out_channels": 4}, ((16, 32), (32, 12)),
+                 id="UMambaBot-2d-3to4"),
+    ContractCase("UMambaBot", {**_UMAMBA_SMALL_3D, "in_channels": 1, "out_channels": 3}, ((4, 16, 8), (6, 8, 12)),
+                 batch=1, id="UMambaBot-3d-1to3"),
+    ContractCase("UMambaEnc", {**_UMAMBA_SMALL_2D, "in_channels": 3, "out_channels": 4}, ((16, 32), (32, 12)),
+                 id="UMambaEnc-2d-3to4"),
+    ContractCase("UMambaEnc", {**_UMAMBA_SMALL_3D, "in_channels": 1, "out_channels": 3}, ((4, 16, 8), (6, 8, 12)),
+                 batch=1, id="UMambaEnc-3d-1to3"),
 )
 SHAPE_PARAMS = [pytest.param(case, size, id=f"{case.id}-{'x'.join(map(str, size))}")
                 for case in CONTRACT_CASES for size in case.spatial_sizes]
