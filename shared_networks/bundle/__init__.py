@@ -44,5 +44,17 @@ from .landmarks import (
     landmarks_from_label_map,
     voxel_to_world,
 )
-from .metrics import NanAwareHausdorffDistance, NanAwareMeanDice, PresentLabelDice, PresentLabelDiceMetric
+from .metrics import (
+    ABDOMEN_ORGAN_TOLERANCES_MM,
+    ABDOMEN_Z_RANGE_ORGANS,
+    NanAwareHausdorffDistance,
+    NanAwareMeanDice,
+    OrganDice,
+    OrganDiceNSDMetric,
+    OrganNSD,
+    PresentLabelDice,
+    PresentLabelDiceMetric,
+    organ_tolerances_mm,
+    z_range_channels,
+)
 from .writers import AtomicNibabelWriter, AtomicPILWriter, pending_items
