@@ -50,6 +50,7 @@ from .nnunet_raw import (
     generate_abdomen_ct_phantoms,
     list_nnunet_images,
     make_nnunet_datalist,
+    nnunet_case_name_formatter,
     read_nnunet_dataset,
     validate_nnunet_cases,
 )
@@ -108,6 +109,7 @@ __all__ = [
     "make_landmark_datalist",
     "make_nnunet_datalist",
     "merge_instrument_masks",
+    "nnunet_case_name_formatter",
     "NnUNetDataset",
     "RandMaskCellsd",
     "read_datalist",

@@ -49,6 +49,7 @@ __all__ = [
     "generate_abdomen_ct_phantoms",
     "list_nnunet_images",
     "make_nnunet_datalist",
+    "nnunet_case_name_formatter",
     "read_nnunet_dataset",
     "validate_nnunet_cases",
 ]
@@ -328,11 +329,18 @@ def list_nnunet_images(input_dir: str | os.PathLike, num_channels: int = 1, file
     """
     The cases to segment in a folder laid out like ``imagesTs`` (``<case>_<XXXX><file_ending>``, one file per
     channel), or, for one channel, any ``<case><file_ending>`` file; each file checked completely like a training
-    image. ``{"case", "image": [files]}`` sorted by case.
+    image. A raw dataset folder (with ``dataset.json``) stands for its ``imagesTs``. ``{"case", "image": [files]}``
+    sorted by case.
     """
     input_dir = os.path.abspath(os.fspath(input_dir))
     if not os.path.isdir(input_dir):
         raise FileNotFoundError(f"input folder '{input_dir}' does not exist.")
+    if os.path.isfile(os.path.join(input_dir, "dataset.json")):
+        test_images = os.path.join(input_dir, "imagesTs")
+        if not os.path.isdir(test_images):
+            raise FileNotFoundError(f"'{input_dir}' is an nnU-Net raw dataset without imagesTs/: pass the folder of "
+                                    "the images to segment.")
+        input_dir = test_images
     dataset = NnUNetDataset(input_dir, tuple(str(c) for c in range(num_channels)), {"background": 0}, file_ending, 0)
     names = [n for n in os.listdir(input_dir) if n.endswith(file_ending) and not n.startswith(".")]
     plain = [n for n in names if _CHANNEL_FILE.match(n[: -len(file_ending)]) is None]
@@ -359,13 +367,42 @@ def list_nnunet_images(input_dir: str | os.PathLike, num_channels: int = 1, file
     return entries
 
 
-# Synthetic abdomen: (label name, mean HU, centre as a fraction of the body's half-axes (x, y, z), radii as fractions)
-_PHANTOM_ORGANS: tuple[tuple[str, float, tuple[float, float, float], tuple[float, float, float]], ...] = (
-    ("liver", 60.0, (-0.38, 0.10, 0.15), (0.38, 0.42, 0.45)),
-    ("right kidney", 160.0, (-0.42, -0.45, -0.25), (0.13, 0.17, 0.30)),
-    ("spleen", 45.0, (0.50, -0.10, 0.25), (0.16, 0.22, 0.28)),
-    ("aorta", 220.0, (0.05, -0.40, 0.00), (0.06, 0.08, 0.95)),
-    ("left kidney", 160.0, (0.42, -0.45, -0.30), (0.13, 0.17, 0.30)),
+def nnunet_case_name_formatter(metadict: Mapping, saver: Any = None) -> dict:
+    """
+    ``output_name_formatter`` for :class:`monai.transforms.SaveImaged` that names an output after its nnU-Net case, as
+    nnU-Net does: the input ``<case>_0000.nii.gz`` (first channel of the stacked image; or a plain ``<case>.nii.gz``)
+    gives ``<case>``, so ``SaveImaged(output_postfix="", separate_folder=False)`` writes ``<output_dir>/<case>.nii.gz``.
+    """
+    source = metadict.get("filename_or_obj") if isinstance(metadict, Mapping) else None
+    if isinstance(source, (list, tuple)):
+        source = source[0] if source else None
+    if not source:
+        raise ValueError(f"cannot name the output: metadata has no 'filename_or_obj' (got {source!r}).")
+    name = os.path.basename(os.fspath(source))
+    for ending in _FILE_ENDINGS:
+        if name.endswith(ending):
+            name = name[: -len(ending)]
+            break
+    match = _CHANNEL_FILE.match(name)
+    return {"subject": match["case"] if match else name, "idx": None}
+
+
+# Synthetic abdomen: the 13 organs of ABDOMEN_ORGAN_LABELS in label order, each (mean HU, centre as a fraction of the
+# body's half-axes (x, y, z), radii as fractions); x runs to the patient's left in the stored voxel order
+_PHANTOM_ORGANS: tuple[tuple[float, tuple[float, float, float], tuple[float, float, float]], ...] = (
+    (60.0, (-0.38, 0.10, 0.15), (0.34, 0.40, 0.42)),  # liver
+    (160.0, (-0.42, -0.45, -0.25), (0.12, 0.16, 0.28)),  # right kidney
+    (45.0, (0.50, -0.10, 0.25), (0.15, 0.20, 0.26)),  # spleen
+    (90.0, (0.10, 0.00, -0.05), (0.22, 0.07, 0.12)),  # pancreas
+    (220.0, (0.08, -0.40, 0.00), (0.06, 0.07, 0.95)),  # aorta
+    (130.0, (-0.12, -0.38, 0.00), (0.06, 0.07, 0.90)),  # inferior vena cava
+    (20.0, (-0.25, -0.35, 0.35), (0.05, 0.05, 0.10)),  # right adrenal gland
+    (20.0, (0.28, -0.35, 0.35), (0.05, 0.05, 0.10)),  # left adrenal gland
+    (5.0, (-0.25, 0.35, -0.10), (0.08, 0.08, 0.12)),  # gallbladder
+    (35.0, (0.02, -0.30, 0.70), (0.05, 0.05, 0.30)),  # esophagus
+    (25.0, (0.32, 0.25, 0.35), (0.18, 0.16, 0.20)),  # stomach
+    (70.0, (-0.05, 0.22, -0.30), (0.22, 0.07, 0.10)),  # duodenum
+    (160.0, (0.42, -0.45, -0.30), (0.12, 0.16, 0.28)),  # left kidney
 )
 
 
@@ -379,12 +416,13 @@ def generate_abdomen_ct_phantoms(
 ) -> list[str]:
     """
     Write a raw nnU-Net dataset of synthetic abdomen-like CT volumes for demos and tests: air (-1000 HU) around an
-    elliptic body of fat (-100) and soft tissue (40) with a spine (600), holding five organs with their own mean HU
-    and randomly moved / scaled ellipsoids (liver 1, right kidney 2, spleen 3, aorta 4, left kidney 5, the FLARE22
-    names), noise of 20 HU; stored int16 with an LPS-like affine (``diag(-sx, -sy, sz)``) and anisotropic
-    ``spacing``. ``num_cases`` go to ``imagesTr`` / ``labelsTr``, ``num_test_cases`` to ``imagesTs`` / ``labelsTs``;
-    ``dataset.json`` lists the channel ``CT`` and the six labels. Case ``i`` depends only on ``(seed, i)``; files are
-    written atomically.
+    elliptic body of fat (-100) and soft tissue (40) with a spine (600), holding the 13 organs of FLARE22 with their
+    labels (:data:`ABDOMEN_ORGAN_LABELS`) as randomly moved / scaled ellipsoids of their own mean HU (later organs
+    drawn over earlier ones), noise of 20 HU; stored int16 with an LPS-like affine (``diag(-sx, -sy, sz)``) and
+    anisotropic ``spacing``. ``num_cases`` go to ``imagesTr`` / ``labelsTr``, ``num_test_cases`` to ``imagesTs`` /
+    ``labelsTs``; ``dataset.json`` lists the channel ``CT`` and the 14 labels as U-Mamba's Dataset701_AbdomenCT does.
+    Case ``i`` depends only on ``(seed, i)``; files are written atomically. At the small default size the adrenal
+    glands span only a few voxels.
 
     Returns:
         the image files, sorted.
@@ -399,7 +437,7 @@ def generate_abdomen_ct_phantoms(
     output_dir = os.path.abspath(os.fspath(output_dir))
     affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
     grid = np.stack(np.meshgrid(*[np.linspace(-1.0, 1.0, n) for n in shape], indexing="ij"), axis=-1)
-    labels = {"background": 0, **{name: index + 1 for index, (name, *_) in enumerate(_PHANTOM_ORGANS)}}
+    labels = dict(ABDOMEN_ORGAN_LABELS)
     paths = []
     for index in range(num_cases + num_test_cases):
         rng = np.random.default_rng([seed, index])
@@ -410,7 +448,7 @@ def generate_abdomen_ct_phantoms(
         volume[body < 0.8] = 40.0
         volume[((grid[..., :2] - [0.0, -0.62]) / [0.12, 0.1]) ** 2 @ np.ones(2) < 1.0] = 600.0
         label = np.zeros(shape, dtype=np.uint8)
-        for value, (_, hu, centre, radii) in enumerate(_PHANTOM_ORGANS, start=1):
+        for value, (hu, centre, radii) in enumerate(_PHANTOM_ORGANS, start=1):
             centre = np.asarray(centre) * body_radii[:3] * [1, 1, 0.5] + rng.normal(0, 0.03, 3)
             radii = np.asarray(radii) * body_radii[:3] * [1.15, 1.15, 0.9] * rng.uniform(0.85, 1.15, 3)
             organ = ((((grid - centre) / radii) ** 2).sum(-1) < 1.0) & (body < 0.8)
@@ -425,7 +463,8 @@ def generate_abdomen_ct_phantoms(
                                                                              f"{case}.nii.gz"))
         paths.append(image_path)
     description: dict[str, Any] = {
-        "name": "AbdomenCTPhantom", "description": "synthetic abdomen-like CT phantoms (shared_networks)",
+        "name": "AbdomenCTPhantom",
+        "description": "synthetic abdomen-like CT phantoms (shared_networks), FLARE22 labels",
         "channel_names": {"0": "CT"}, "labels": labels, "numTraining": num_cases, "file_ending": ".nii.gz",
     }
     write_text_atomically(json.dumps(description, indent=2) + "\n", os.path.join(output_dir, "dataset.json"))

@@ -17,7 +17,10 @@ __all__ = [
     "PLANNING_INSTALL_COMMAND",
     "ChannelNormalization",
     "NNUNetConfiguration",
+    "NNUNetNormalized",
     "PlansError",
+    "check_network_matches_plan",
+    "check_plan_fits_dataset",
     "configuration_summary",
     "format_configuration",
     "plan_nnunet_dataset",
@@ -27,9 +30,13 @@ __all__ = [
 ]
 
 
+_TRANSFORMS = ("NNUNetNormalized", "check_network_matches_plan", "check_plan_fits_dataset")
+
+
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        return getattr(importlib.import_module(".nnunet", __name__), name)
+        module = ".transforms" if name in _TRANSFORMS else ".nnunet"
+        return getattr(importlib.import_module(module, __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

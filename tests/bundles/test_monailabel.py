@@ -271,7 +271,7 @@ def served(request, monailabel_bin: Path, scan_backend: str,
     # datastore: <studies>/case_<i>.nii.gz (all input channels) and <studies>/labels/final/case_<i>.nii.gz
     dataset = make_synthetic_data(bundle, tmp / "synthetic", num_cases=TRAIN_CASES + 1)
     cases = _labelled_cases(served_copy, dataset, tmp)
-    assert len(cases) == TRAIN_CASES + 1, cases
+    assert len(cases) >= TRAIN_CASES + 1, cases  # a generator may add labelled test cases (nnU-Net imagesTs)
     studies = tmp / "studies"
     (studies / "labels" / "final").mkdir(parents=True)
     if _data_type(bundle) == "png":

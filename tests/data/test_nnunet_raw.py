@@ -66,8 +66,9 @@ def test_phantoms_are_a_consistent_dataset_with_organ_intensities(phantoms):
     image, label = nib.load(cases[0]["image"][0]), nib.load(cases[0]["label"])
     np.testing.assert_allclose(image.affine, np.diag([-1.5, -1.5, 3.0, 1.0]))
     voxels, labels = np.asarray(image.dataobj), np.asarray(label.dataobj)
-    assert voxels.dtype == np.int16 and set(np.unique(labels)) == {0, 1, 2, 3, 4, 5}
-    assert voxels[labels == 4].mean() > voxels[labels == 1].mean() + 100  # contrast-filled aorta vs liver
+    assert voxels.dtype == np.int16 and set(np.unique(labels)) == set(range(14))  # all 13 organs drawn
+    assert json.loads((phantoms / "dataset.json").read_text())["labels"] == ABDOMEN_ORGAN_LABELS
+    assert voxels[labels == 5].mean() > voxels[labels == 1].mean() + 100  # contrast-filled aorta vs liver
     assert voxels[labels == 0].min() < -900  # air
 
 
@@ -130,9 +131,9 @@ def test_label_value_not_in_dataset_json_names_the_case(dataset, tmp_path):
     path = dataset / "labelsTr" / "phantom_004.nii.gz"
     label = nib.load(path)
     values = np.asarray(label.dataobj).copy()
-    values[0, 0, 0] = 9
+    values[0, 0, 0] = 17
     nib.save(nib.Nifti1Image(values, label.affine), str(path))
-    with pytest.raises(ValueError, match=r"nnU-Net case 'phantom_004'.*phantom_004.nii.gz' holds values \[9\]"):
+    with pytest.raises(ValueError, match=r"nnU-Net case 'phantom_004'.*phantom_004.nii.gz' holds values \[17\]"):
         make_nnunet_datalist(dataset, tmp_path / "datalist.json", num_workers=0)
     assert not (tmp_path / "datalist.json").exists()
 
