@@ -40,6 +40,7 @@ from shared_networks.data.validation import (
     ValidationCache,
     check_image_file,
     check_same_grid,
+    nifti_source_stem,
     read_datalist,
     run_checks,
     validation_sidecar_path,
@@ -437,16 +438,7 @@ def brats_case_name_formatter(metadict: Mapping, saver: Any = None) -> dict:
     Returns:
         ``{"subject": case, "idx": None}``.
     """
-    source = metadict.get("filename_or_obj") if isinstance(metadict, Mapping) else None
-    if isinstance(source, (list, tuple)):
-        source = source[0] if source else None
-    if not source:
-        raise ValueError(f"cannot name the output: metadata has no 'filename_or_obj' (got {source!r}).")
-    name = os.path.basename(os.fspath(source))
-    for extension in (BRATS_FILE_EXTENSION, ".nii"):
-        if name.endswith(extension):
-            name = name[: -len(extension)]
-            break
+    name = nifti_source_stem(metadict)
     for modality in BRATS_MODALITIES:
         if name.endswith(f"-{modality}"):
             name = name[: -len(modality) - 1]

@@ -36,6 +36,7 @@ from shared_networks.data.validation import (
     ValidationCache,
     check_image_file,
     check_same_grid,
+    nifti_source_stem,
     read_datalist,
     run_checks,
     validation_sidecar_path,
@@ -373,16 +374,7 @@ def nnunet_case_name_formatter(metadict: Mapping, saver: Any = None) -> dict:
     nnU-Net does: the input ``<case>_0000.nii.gz`` (first channel of the stacked image; or a plain ``<case>.nii.gz``)
     gives ``<case>``, so ``SaveImaged(output_postfix="", separate_folder=False)`` writes ``<output_dir>/<case>.nii.gz``.
     """
-    source = metadict.get("filename_or_obj") if isinstance(metadict, Mapping) else None
-    if isinstance(source, (list, tuple)):
-        source = source[0] if source else None
-    if not source:
-        raise ValueError(f"cannot name the output: metadata has no 'filename_or_obj' (got {source!r}).")
-    name = os.path.basename(os.fspath(source))
-    for ending in _FILE_ENDINGS:
-        if name.endswith(ending):
-            name = name[: -len(ending)]
-            break
+    name = nifti_source_stem(metadict)
     match = _CHANNEL_FILE.match(name)
     return {"subject": match["case"] if match else name, "idx": None}
 

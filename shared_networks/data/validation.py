@@ -32,7 +32,7 @@ import stat
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, TypeVar
 
@@ -523,6 +523,24 @@ def check_same_grid(
                 f"the header if only the header is wrong.\naffine of '{summary.path}':\n{summary.affine}\n"
                 f"affine of '{reference.path}':\n{reference.affine}"
             )
+
+
+def nifti_source_stem(metadict: Mapping) -> str:
+    """
+    The name of the file an item was read from, without ``.nii.gz`` / ``.nii``: ``filename_or_obj`` of its meta data
+    (the first file when channels were stacked from several). For the ``output_name_formatter`` of
+    :class:`monai.transforms.SaveImaged`; a ValueError when the meta data name no file.
+    """
+    source = metadict.get("filename_or_obj") if isinstance(metadict, Mapping) else None
+    if isinstance(source, (list, tuple)):
+        source = source[0] if source else None
+    if not source:
+        raise ValueError(f"cannot name the output: metadata has no 'filename_or_obj' (got {source!r}).")
+    name = os.path.basename(os.fspath(source))
+    for extension in (".nii.gz", ".nii"):
+        if name.endswith(extension):
+            return name[: -len(extension)]
+    return name
 
 
 def list_nifti_files(input_path: str | os.PathLike) -> list[str]:
