@@ -125,10 +125,12 @@ def make_synthetic_data(bundle: Path, output_dir: Path, num_cases: int | None = 
 
 
 def cli_overrides(overrides: dict) -> list[str]:
-    """``--id value`` arguments for ``python -m monai.bundle run`` (values as JSON, which Fire parses)."""
+    """``--id value`` arguments for ``python -m monai.bundle run`` (values as JSON, which Fire parses; booleans as
+    Python's True / False, the only spelling Fire turns into booleans)."""
     args = []
     for key, value in overrides.items():
-        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+        text = value if isinstance(value, str) else str(value) if isinstance(value, bool) else json.dumps(value)
+        args += [f"--{key}", text]
     return args
 
 

@@ -6,6 +6,9 @@ Command-line safety for ``python -m monai.bundle run ...``, called as the first 
 
 - a misspelt override (``--epoch 1`` for ``--epochs``) is an error naming the closest config ids, where MONAI would
   silently add a new, unused id and train 1000 epochs;
+- a lowercase boolean (``--finetune false``) is an error asking for ``False``: MONAI's command line (python-fire)
+  turns only ``True`` / ``False`` into booleans and passes ``false`` on as text, which every ``$not @finetune`` or
+  ``if`` of a config reads as true (``_disabled_``, which MONAI itself parses from text, is left alone);
 - when the run fails on bad input (a data, checkpoint or argument error raised with its own message by this
   package), the last lines printed are that message, not the end of a 70-360 line MONAI traceback whose last line is
   "Failed to evaluate ConfigExpression". The full traceback stays one environment variable away.
@@ -23,7 +26,10 @@ import traceback
 from collections.abc import Sequence
 from types import TracebackType
 
-__all__ = ["FULL_TRACEBACK_ENV_VAR", "RUN_ARGUMENTS", "check_command_line", "unknown_overrides", "error_summary"]
+__all__ = [
+    "FULL_TRACEBACK_ENV_VAR", "RUN_ARGUMENTS", "check_command_line", "error_summary", "text_boolean_overrides",
+    "unknown_overrides",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -135,16 +141,26 @@ def _excepthook(kind: type[BaseException], error: BaseException, tb: TracebackTy
 def check_command_line(argv: Sequence[str] | None = None) -> None:
     """
     For a ``python -m monai.bundle run`` command line: refuse override ids that no config file defines (with the
-    closest ids as suggestions) and install the short error summary. Does nothing for other callers.
+    closest ids as suggestions) and lowercase booleans, and install the short error summary. Does nothing for other
+    callers.
 
     Raises:
-        ValueError: an override id is not in any config file.
+        ValueError: an override id is not in any config file, or its value is ``true`` / ``false`` in lowercase.
     """
     args = _cli_arguments(sys.argv if argv is None else argv)
     if args is None:
         return
     sys.excepthook = _excepthook
     overrides = _override_ids(args)
+    text_booleans = text_boolean_overrides(overrides)
+    if text_booleans:
+        given = "; ".join(f"--{name} {value}" for name, value in text_booleans.items())
+        fixed = " ".join(f"--{name} {value.strip().capitalize()}" for name, value in text_booleans.items())
+        raise ValueError(
+            f"{given}: MONAI's command line (python-fire) makes booleans only of True and False and passes lowercase "
+            f"'true' / 'false' on as text, and any non-empty text counts as true; write {fixed}."
+        )
+
     config_files = overrides.get("config_file")
     if not config_files:  # given through --args_file: nothing to compare with here
         return
@@ -157,6 +173,16 @@ def check_command_line(argv: Sequence[str] | None = None) -> None:
             "unknown config id(s) on the command line: " + "; ".join(lines) + ". Every --<id> must name an entry of "
             f"the config files {files} (nested keys are joined with '#', e.g. --network_def#mode)."
         )
+
+
+def text_boolean_overrides(overrides: dict[str, str]) -> dict[str, str]:
+    """The overrides whose value python-fire would pass on as the text ``true`` / ``false`` (any case but ``True`` /
+    ``False``, which it turns into booleans); ``_disabled_`` keys are not included, MONAI parses those from text."""
+    return {
+        name: value for name, value in overrides.items()
+        if name not in RUN_ARGUMENTS and not name.endswith("_disabled_")
+        and value.strip().lower() in ("true", "false") and value.strip() not in ("True", "False")
+    }
 
 
 def _as_files(config_files: str) -> list[str]:

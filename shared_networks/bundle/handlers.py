@@ -626,7 +626,7 @@ class TrainingCheckpoint:
             raise CheckpointError(
                 f"'{self.checkpoint_path}' holds network weights only (a state dict such as models/model.pt), not a "
                 f"training checkpoint (entries {', '.join(TRAINING_CHECKPOINT_KEYS)}, ...): it cannot be resumed "
-                "from. To start a new run from these weights, fine-tune from it (--finetune true "
+                "from. To start a new run from these weights, fine-tune from it (--finetune True "
                 "--finetune_model_path <file>) instead of --resume."
             )
         required = list(TRAINING_CHECKPOINT_KEYS) + (["lr_scheduler"] if self.lr_scheduler is not None else [])

@@ -249,7 +249,8 @@ class OrganDiceNSDMetric(CumulativeIterationMetric):
     The spacing is, in this order: ``spacing`` passed to the call (as for :class:`monai.metrics.SurfaceDiceMetric`:
     a number, one per spatial axis, or one sequence per case), ``spacing`` of the constructor, the affine of ``y``
     (else of ``y_pred``) where it is a :class:`monai.data.MetaTensor` (the label's grid: the authors read the ground
-    truth's header), else 1 with a warning.
+    truth's header; ``spacing_axes`` reorders it for arrays transposed after the affine was set), else 1 with a
+    warning.
 
     The buffer (:meth:`get_buffer`) is (cases, scored classes), every value defined but for the single-slice case
     above, so :class:`monai.handlers.MetricsSaver` writes it per case. :meth:`aggregate` reduces it as MONAI's
@@ -265,6 +266,9 @@ class OrganDiceNSDMetric(CumulativeIterationMetric):
         axial_axis: the spatial axis (0-based, negative from the end) of the slices; default the last, the axial
             axis of a NIfTI image in RAS(-like) orientation.
         spacing: voxel spacing in mm used when none is passed to the call.
+        spacing_axes: for the spacing read from an affine: the affine's spatial axis of each array axis, where the
+            arrays were transposed after it was set (MONAI's ``Transpose`` keeps the affine), e.g.
+            ``plan.volume_plan_axes`` of a :class:`shared_networks.planning.NNUNetConfiguration`; default unchanged.
         use_subvoxels: NSD surface model, see above.
         num_classes: the number of scored channels expected (checked when given).
         reduction: MONAI's metric reduction of :meth:`aggregate`.
@@ -282,6 +286,7 @@ class OrganDiceNSDMetric(CumulativeIterationMetric):
         z_range_channels: Sequence[int] = (),
         axial_axis: int = -1,
         spacing: float | Sequence[float] | None = None,
+        spacing_axes: Sequence[int] | None = None,
         use_subvoxels: bool = True,
         num_classes: int | None = None,
         reduction: MetricReduction | str = MetricReduction.MEAN,
@@ -301,6 +306,9 @@ class OrganDiceNSDMetric(CumulativeIterationMetric):
             raise ValueError(f"z_range_channels must be scored channels (>= {start}), got {self.z_range_channels}.")
         self.axial_axis = int(axial_axis)
         self.spacing = spacing
+        self.spacing_axes = None if spacing_axes is None else [int(a) for a in spacing_axes]
+        if self.spacing_axes is not None and sorted(self.spacing_axes) != list(range(len(self.spacing_axes))):
+            raise ValueError(f"spacing_axes must be a permutation of the spatial axes, got {list(spacing_axes)}.")
         self.use_subvoxels = use_subvoxels
         self.num_classes = num_classes
         self.reduction = reduction
@@ -313,14 +321,22 @@ class OrganDiceNSDMetric(CumulativeIterationMetric):
         if self.spacing is not None:
             return self.spacing
         spatial_dims = y.ndim - 2
+        if self.spacing_axes is not None and len(self.spacing_axes) != spatial_dims:
+            raise ValueError(f"spacing_axes {self.spacing_axes} name {len(self.spacing_axes)} axes, the inputs have "
+                             f"{spatial_dims} spatial axes.")
+
+        def from_affine(affine: torch.Tensor) -> list[float]:
+            spacing = affine_to_spacing(affine, r=spatial_dims).tolist()
+            return spacing if self.spacing_axes is None else [spacing[a] for a in self.spacing_axes]
+
         for tensor in (y, y_pred):
             if isinstance(tensor, MetaTensor):
                 affine = tensor.affine
                 if affine.ndim == 3:
                     if affine.shape[0] != y.shape[0]:
                         break
-                    return [affine_to_spacing(a, r=spatial_dims).tolist() for a in affine]
-                return affine_to_spacing(affine, r=spatial_dims).tolist()
+                    return [from_affine(a) for a in affine]
+                return from_affine(affine)
         warnings.warn("OrganDiceNSDMetric: no spacing given and no MetaTensor affine, using 1 mm.", stacklevel=3)
         return None
 
@@ -446,6 +462,8 @@ class OrganNSD(IgniteMetricHandler):
         z_range_organs: the organs scored only within the label's axial extent (matched by name).
         axial_axis: the spatial axis of the slices (default the last).
         spacing: voxel spacing (mm) where the inputs carry no affine; by default the label's affine gives it.
+        spacing_axes: the affine's axis of each array axis for arrays transposed after it was set (see
+            :class:`OrganDiceNSDMetric`).
         use_subvoxels: surface-element areas as DeepMind's routine (default) or edge-voxel counts.
         reduction: reduction of the value recorded in ``engine.state.metrics``.
         output_transform: extracts ``(y_pred, y)`` from the engine output.
@@ -459,6 +477,7 @@ class OrganNSD(IgniteMetricHandler):
         z_range_organs: Sequence[str] = ABDOMEN_Z_RANGE_ORGANS,
         axial_axis: int = -1,
         spacing: float | Sequence[float] | None = None,
+        spacing_axes: Sequence[int] | None = None,
         use_subvoxels: bool = True,
         reduction: MetricReduction | str = MetricReduction.MEAN,
         output_transform: Any = lambda x: x,
@@ -473,6 +492,7 @@ class OrganNSD(IgniteMetricHandler):
                 z_range_channels=z_range_channels(names, z_range_organs),
                 axial_axis=axial_axis,
                 spacing=spacing,
+                spacing_axes=spacing_axes,
                 use_subvoxels=use_subvoxels,
                 num_classes=len(names),
                 reduction=reduction,

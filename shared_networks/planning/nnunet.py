@@ -487,6 +487,29 @@ class NNUNetConfiguration:
         of the network in nnU-Net); for a batch use ``(0, *(i + 1 for i in transpose_indices))``."""
         return (0, *(1 + axis for axis in self.plan_axes))
 
+    @property
+    def volume_plan_axes(self) -> tuple[int, int, int]:
+        """The MONAI spatial axis of each plan axis of the volume, ``2 - transpose_forward[a]``: in 3D
+        :attr:`plan_axes`; in 2D the slice axis first, then the slice's two axes (in MONAI's volume order)."""
+        return tuple(2 - t for t in self.transpose_forward)  # type: ignore[return-value]
+
+    @property
+    def volume_transpose_indices(self) -> tuple[int, ...]:
+        """``indices`` of MONAI's ``Transposed`` turning a channel-first MONAI-order volume into plan order, as nnU-Net
+        stores its preprocessed cases: in 3D :attr:`transpose_indices`; in 2D the slice axis becomes spatial axis 0
+        (slices are then ``image[:, i]``, already in the slice's plan order)."""
+        return (0, *(1 + axis for axis in self.volume_plan_axes))
+
+    @property
+    def volume_pixdim(self) -> tuple[float, ...]:
+        """``pixdim`` of MONAI's ``Spacingd`` for the volume, MONAI order: in 3D :attr:`spacing`; in 2D the slice's
+        spacing with 0 across the slices, which ``Spacingd`` reads as "keep the file's spacing" (nnU-Net resamples a
+        2D configuration in plane only)."""
+        if self.slice_axis is None:
+            return self.spacing
+        in_plane = list(self.spacing)
+        return tuple([*in_plane[: self.slice_axis], 0.0, *in_plane[self.slice_axis :]])
+
     def in_monai_order(self, values: Sequence[Any]) -> tuple[Any, ...]:
         """Reorder per-axis ``values`` given in plan order (a patch size, a stride, a kernel size) into MONAI order."""
         if len(values) != len(self.plan_axes):
@@ -509,7 +532,9 @@ class NNUNetConfiguration:
             "patch_size": list(self.patch_size), "batch_size": self.batch_size, "plan_spacing": list(self.plan_spacing),
             "plan_patch_size": list(self.plan_patch_size), "plan_axes": list(self.plan_axes),
             "slice_axis": self.slice_axis, "divisible_by": list(self.divisible_by),
-            "transpose_indices": list(self.transpose_indices),
+            "transpose_indices": list(self.transpose_indices), "volume_plan_axes": list(self.volume_plan_axes),
+            "volume_transpose_indices": list(self.volume_transpose_indices),
+            "volume_pixdim": list(self.volume_pixdim),
             "median_image_size": None if self.median_image_size is None else list(self.median_image_size),
             "network_class_name": self.network_class_name, "network_kwargs": deepcopy(dict(self.network_kwargs)),
             "normalization": [n.to_dict() for n in self.normalization], "batch_dice": self.batch_dice,

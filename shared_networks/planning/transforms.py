@@ -69,7 +69,7 @@ class NNUNetNormalized(MapTransform):
 
 
 def _flag(name: str, value: bool | str) -> bool:
-    """A boolean argument; a command line (``--check_plan_dataset false``) gives it as a string."""
+    """A boolean argument; a command line (``--check_plan_dataset False``) gives it as a string."""
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -112,7 +112,7 @@ def check_plan_fits_dataset(plan: NNUNetConfiguration, plans_path: str | os.Path
     if _flag("same_dataset", same_dataset) and planned_for is not None and planned_for != folder:
         raise ValueError(f"plans '{plans_path}' were made for dataset '{planned_for}', not '{folder}' "
                          f"('{dataset.path}'): {plan_command}. (If the folder was only renamed, pass "
-                         "--check_plan_dataset false.)")
+                         "--check_plan_dataset False.)")
 
 
 def _as_lists(value: Any) -> Any:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared_networks.bundle.cli import FULL_TRACEBACK_ENV_VAR, unknown_overrides
+from shared_networks.bundle.cli import FULL_TRACEBACK_ENV_VAR, text_boolean_overrides, unknown_overrides
 
 CONFIG = {
     "imports": ["$import shared_networks.bundle.cli", "$import shared_networks.data", "$import shared_networks"],
@@ -44,9 +44,18 @@ def child_env(monkeypatch):
 
 
 def test_known_override_runs(tmp_path, child_env):
-    result = run_bundle(tmp_path, "--epochs", "5", "--network_def#inplace", "true", env=child_env)
+    result = run_bundle(tmp_path, "--epochs", "5", "--network_def#inplace", "True", env=child_env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "epochs = 5" in result.stdout
+
+
+def test_lowercase_boolean_is_refused_before_it_reads_as_true(tmp_path, child_env):
+    # python-fire passes 'false' on as text, so `$not @finetune` would be False and fine-tuning would start
+    result = run_bundle(tmp_path, "--network_def#inplace", "false", "--epochs=3", env=child_env)
+    assert result.returncode != 0 and "epochs =" not in result.stdout
+    assert "write --network_def#inplace False." in result.stderr and "Traceback" not in result.stderr
+    assert text_boolean_overrides({"finetune": "false", "resume": "TRUE", "amp": "False", "x#_disabled_": "true",
+                                   "epochs": "3", "name": "falsely"}) == {"finetune": "false", "resume": "TRUE"}
 
 
 def test_misspelt_override_is_refused_with_a_suggestion(tmp_path, child_env):

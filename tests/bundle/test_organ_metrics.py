@@ -166,6 +166,16 @@ def test_spacing_from_the_label_affine_or_per_case():
     assert values[:, 0].tolist() == pytest.approx([expected, iso], abs=1e-6)
     with pytest.warns(UserWarning, match="no spacing"):
         metric(pred, label)
+    # arrays transposed (axes 2, 0, 1 of the affine's grid) after the affine was set, as MONAI's Transpose leaves it
+    moved = (0, 1, 4, 2, 3)
+    transposed = OrganDiceNSDMetric("nsd", [1.0], spacing_axes=(2, 0, 1))
+    value = transposed(pred.permute(moved), MetaTensor(label.permute(moved), affine=affine)).item()
+    assert value == pytest.approx(expected, abs=1e-6)
+    # the same arrays without the reordering are scored at the wrong spacing
+    assert metric(pred.permute(moved), MetaTensor(label.permute(moved), affine=affine)).item() != pytest.approx(
+        expected, abs=1e-3)
+    with pytest.raises(ValueError, match="permutation"):
+        OrganDiceNSDMetric("nsd", [1.0], spacing_axes=(0, 0, 1))
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")

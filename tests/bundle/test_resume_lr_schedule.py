@@ -143,7 +143,7 @@ def test_resume_from_a_weights_file_points_to_finetune(tmp_path):
     with pytest.raises(CheckpointError) as error:
         _run(path, epochs=1, make_scheduler=_polynomial, resume=True)
     message = str(error.value)
-    assert f"'{path}'" in message and "not a training checkpoint" in message and "--finetune true" in message
+    assert f"'{path}'" in message and "not a training checkpoint" in message and "--finetune True" in message
 
 
 def test_resume_from_a_non_finite_training_checkpoint_is_refused(tmp_path):

@@ -1,7 +1,7 @@
 # Copyright (c) the shared_networks contributors.
 # Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
 # the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-"""Resilience: a bundle training run killed with SIGKILL mid-epoch resumes with ``--resume true`` from its last
+"""Resilience: a bundle training run killed with SIGKILL mid-epoch resumes with ``--resume True`` from its last
 training-state checkpoint, reaches the same final epoch and loses at most the interrupted epoch."""
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def test_sigkill_then_resume(bundle: Path, tmp_path: Path):
     saved_before_kill = max(int(e) for e in SAVED.findall(first_log))
     assert saved_before_kill < EPOCHS, "the run finished before SIGKILL; nothing to resume"
 
-    resumed = subprocess.run(cmd + ["--resume", "true"], capture_output=True, text=True, env=subprocess_env(),
+    resumed = subprocess.run(cmd + ["--resume", "True"], capture_output=True, text=True, env=subprocess_env(),
                              cwd=work, timeout=900)
     log = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, log[-5000:]

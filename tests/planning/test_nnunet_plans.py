@@ -190,6 +190,10 @@ def test_abdomen_ct_2d_and_cascade(abdomen_file):
     assert s.spacing == (0.78, 0.78) and s.patch_size == (512, 448) and s.plan_patch_size == (448, 512)
     assert s.slice_axis == 2 and s.plan_axes == (1, 0) and s.divisible_by == (64, 64)
     assert s.network_kwargs["features_per_stage"] == [32, 64, 128, 256, 512, 512, 512]
+    # the volume: resampled in plane only (0 = keep the file's slice spacing), then the slice axis first
+    assert s.volume_pixdim == (0.78, 0.78, 0.0) and s.volume_plan_axes == (2, 1, 0)
+    assert s.volume_transpose_indices == (0, 3, 2, 1)
+    assert configuration_summary(abdomen_file, "3d_fullres").volume_transpose_indices == s.volume_transpose_indices
     cascade = configuration_summary(abdomen_file, "3d_cascade_fullres")
     fullres = configuration_summary(abdomen_file, "3d_fullres")
     assert cascade.previous_stage == "3d_lowres"
@@ -222,6 +226,13 @@ def test_transposed_plans_map_to_monai_axes():
     # 2D: nnU-Net cuts slices across the 4 mm axis; a slice is 224 x 256 in MONAI order
     s2 = configuration_summary(SAGITTAL_PLANS_2_8, "2d")
     assert s2.slice_axis == 0 and s2.median_image_size == (224.0, 256.0) and s2.patch_size == (224, 256)
+    assert s2.volume_pixdim == (0.0, 0.8, 0.8) and s2.volume_plan_axes == (0, 2, 1)
+    # a MONAI-order volume transposed into plan order: slices along axis 0, each in the slice's plan order
+    volume = np.arange(40 * 224 * 256).reshape(1, 40, 224, 256)
+    planned = np.transpose(volume, s2.volume_transpose_indices)
+    assert planned.shape == (1, 40, 256, 224) and s2.plan_patch_size == (256, 224)
+    np.testing.assert_array_equal(planned[0, 5], volume[0, 5].T)
+    assert np.transpose(np.zeros((1, *s2.patch_size)), s2.transpose_indices).shape[1:] == (256, 224)
     (z,) = s2.normalization
     assert z.monai_transform == "NormalizeIntensityd" and z.monai_kwargs == {"nonzero": False, "channel_wise": True}
 

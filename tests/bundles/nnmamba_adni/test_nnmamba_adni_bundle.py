@@ -251,7 +251,7 @@ def test_class_balanced_sampling_under_two_process_ddp(tmp_path):
                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "monai.bundle", "run",
                "training", "--config_file", "['configs/train.yaml','configs/multi_gpu_train.yaml']",
                "--bundle_root", str(run), "--dataset_dir", str(data), *REDUCED, "--epochs", "1",
-               "--class_balanced", "true", "--split_fractions", "[0.5,0.25,0.25]"]
+               "--class_balanced", "True", "--split_fractions", "[0.5,0.25,0.25]"]
     result = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True, timeout=600, env=subprocess_env())
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]

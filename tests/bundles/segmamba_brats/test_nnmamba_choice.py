@@ -83,7 +83,7 @@ def test_train_evaluate_infer_with_nnmamba(tmp_path):
     torch.save(initial, root / "models" / "initial.pt")
     common = ["--dataset_dir", str(data), "--bundle_root", str(root)]
     _run(["train.yaml", "nnmamba.yaml"], *common, "--epochs", "1", "--iterations_per_epoch", "2", "--batch_size", "2",
-         "--val_interval", "1", "--finetune", "true", "--finetune_model_path", str(root / "models" / "initial.pt"))
+         "--val_interval", "1", "--finetune", "True", "--finetune_model_path", str(root / "models" / "initial.pt"))
     trained = torch.load(root / "models" / "model.pt", weights_only=True)
     nnMambaSeg(4, 4, feature_size=16, blocks=1, mamba_layer="nnunet", deep_supervision=True).load_state_dict(
         trained, strict=True)

@@ -70,8 +70,8 @@ def reduce(command: str, values: dict[str, str]) -> str:
 
 def test_the_section_has_the_commands_users_need():
     commands = readme_commands()
-    for needed in ("run training", "configs/evaluate.yaml", "configs/inference.yaml", "--finetune true",
-                   "--resume true", "--tracking mlflow", "ckpt_export"):
+    for needed in ("run training", "configs/evaluate.yaml", "configs/inference.yaml", "--finetune True",
+                   "--resume True", "--tracking mlflow", "ckpt_export"):
         assert any(needed in command for command in commands), needed
 
 
@@ -97,7 +97,7 @@ def test_every_command_runs_as_written(tmp_path):
         if "monai.bundle run" in command and "configs/train.yaml" not in command:  # inference: no training ids
             command = reduce(command, {k: v for k, v in REDUCED.items() if k not in TRAINING_ONLY})
         elif "monai.bundle run" in command:
-            command = reduce(command, {**REDUCED, **({"--epochs": "2"} if "--resume true" in command else {})})
+            command = reduce(command, {**REDUCED, **({"--epochs": "2"} if "--resume True" in command else {})})
         elif "monai.bundle ckpt_export" in command:
             command = reduce(command, EXPORT_REDUCED)
         result = subprocess.run(["bash", "-c", command], cwd=bundle, env=env, capture_output=True, text=True,

@@ -85,7 +85,7 @@ def test_plan_of_another_dataset_is_stopped(tmp_path):
                                          "shared_networks.planning.nnunet plan"):
         check_plan_fits_dataset(plan, PLANS, data)
     check_plan_fits_dataset(plan, PLANS, data, same_dataset=False)
-    check_plan_fits_dataset(plan, PLANS, data, same_dataset="false")  # as `--check_plan_dataset false` gives it
+    check_plan_fits_dataset(plan, PLANS, data, same_dataset="false")  # as text, e.g. from an --args_file
     with pytest.raises(ValueError, match="but the network predicts"):
         check_plan_fits_dataset(plan, PLANS, data, same_dataset=False, label_names=["background", "liver"])
     dataset_json = json.loads((data / "dataset.json").read_text())
@@ -149,3 +149,82 @@ def test_train_evaluate_infer(tmp_path):
         assert segmentation.shape == source.shape and segmentation.get_data_dtype() == np.uint8
         np.testing.assert_allclose(segmentation.affine, source.affine, atol=1e-4)
         assert set(np.unique(np.asarray(segmentation.dataobj))) <= set(range(14))
+
+
+def _parsed_2d(config: str):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / config), str(BUNDLE / "configs" / "2d.yaml")])
+    parser["plans_path"] = str(PLANS)
+    parser["bundle_root"] = str(BUNDLE)
+    return parser
+
+
+@pytest.mark.parametrize("config", ["train.yaml", "inference.yaml"])
+def test_2d_overlay_is_the_plans_2d_configuration(config):
+    from shared_networks.nets import umamba_from_plans
+
+    parser = _parsed_2d(config)
+    net = parser.get_parsed_content("network_def")
+    plan = parser.get_parsed_content("plan")
+    assert plan.name == "2d" and type(net) is UMambaBot
+    check_network_matches_plan(net, plan, PLANS, num_classes=14)
+    reference = umamba_from_plans(json.loads(PLANS.read_text()), "2d", 1, 14, variant="bot", deep_supervision=True)
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in reference.parameters())
+    assert list(net.state_dict()) == list(reference.state_dict())
+    # in plane only: the slice spacing of each file is kept (0); the volume's slice axis (MONAI axis 2) goes first
+    assert parser.get_parsed_content("spacing") == [1.5, 1.5, 0.0]
+    assert parser.get_parsed_content("patch_size") == [64, 64]
+    assert type(parser.get_parsed_content("inferer")).__name__ == "SliceInferer"
+
+
+def _slice_by_slice_labels(net: torch.nn.Module, image_path: Path) -> np.ndarray:
+    """The labels of the 2D configuration computed by hand for a phantom stored with affine diag(-1.5, -1.5, 3): RAS
+    flips the first two axes, the spacing is already the plan's, nnU-Net's CT normalisation, then every axial slice
+    (plan order: slice axis k, then j, i) through the network on its own."""
+    plan = configuration_summary(PLANS, "2d")
+    properties = json.loads(PLANS.read_text())["foreground_intensity_properties_per_channel"]["0"]
+    image = np.asarray(nib.load(image_path).dataobj, dtype=np.float64)[::-1, ::-1, :]
+    image = (np.clip(image, properties["percentile_00_5"], properties["percentile_99_5"]) - properties["mean"]) / (
+        properties["std"])
+    assert plan.volume_transpose_indices == (0, 3, 2, 1)
+    labels = np.zeros(image.shape, dtype=np.uint8)
+    with torch.no_grad():
+        for k in range(image.shape[2]):
+            slice_plan_order = torch.as_tensor(image[:, :, k].T.copy(), dtype=torch.float32)[None, None]
+            labels[:, :, k] = net(slice_plan_order)[0].argmax(0).numpy().T
+    return labels[::-1, ::-1, :]
+
+
+@pytest.mark.slow
+def test_2d_train_evaluate_infer_slice_by_slice(tmp_path):
+    data = tmp_path / "nnUNet_raw" / "Dataset901_AbdomenCTPhantom"
+    generate_abdomen_ct_phantoms(data, num_cases=4, num_test_cases=1, shape=(32, 32, 16), seed=5)
+    root = tmp_path / "run"
+    common = ["--dataset_dir", str(data), "--bundle_root", str(root), "--patch_size", "[32,32]",
+              "--network_def#features_per_stage", "[8,16,32,64,64]"]
+    _run(["configs/train.yaml", "configs/2d.yaml"], *common, "--epochs", "1", "--iterations_per_epoch", "2",
+         "--batch_size", "2", "--val_interval", "1")
+    net = UMambaBot(2, 1, 14, features_per_stage=[8, 16, 32, 64, 64], kernel_sizes=3,
+                    strides=[[1, 1], [2, 2], [2, 2], [2, 2], [2, 2]], deep_supervision=True)
+    net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True), strict=True)
+    net.eval()
+
+    out = tmp_path / "eval"
+    _run(["configs/train.yaml", "configs/2d.yaml", "configs/evaluate.yaml"], *common, "--output_dir", str(out))
+    summary = json.loads((out / "metrics_summary.json").read_text())
+    assert summary["num_cases"] == 1 and list(summary["metrics"]["organ_nsd"]) == ORGANS
+
+    segmentations = tmp_path / "segmentations"
+    _run(["configs/inference.yaml", "configs/2d.yaml"], "--dataset_dir", str(data), "--ckpt_dir",
+         str(root / "models"), "--output_dir", str(segmentations), "--patch_size", "[32,32]",
+         "--network_def#features_per_stage", "[8,16,32,64,64]")
+    source_path = data / "imagesTs" / "phantom_004_0000.nii.gz"
+    source, segmentation = nib.load(source_path), nib.load(segmentations / "phantom_004.nii.gz")
+    assert segmentation.shape == source.shape
+    np.testing.assert_allclose(segmentation.affine, source.affine, atol=1e-4)
+    # one 32 x 32 window per 32 x 32 slice: the bundle's labels are the network's on each slice by hand
+    expected = _slice_by_slice_labels(net, source_path)
+    assert len(np.unique(expected)) > 1
+    np.testing.assert_array_equal(np.asarray(segmentation.dataobj), expected)
