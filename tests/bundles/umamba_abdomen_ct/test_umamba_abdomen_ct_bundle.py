@@ -38,11 +38,11 @@ REDUCED = ["--network_def#features_per_stage", "[8,16,32,64,64]", "--patch_size"
            "--sw_batch_size", "1", "--plans_path", str(PLANS)]
 
 
-def _parsed(config: str):
+def _parsed(*configs: str):
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / config))
+    parser.read_config([str(BUNDLE / "configs" / config) for config in configs])
     parser["plans_path"] = str(PLANS)
     parser["bundle_root"] = str(BUNDLE)
     return parser
@@ -151,21 +151,11 @@ def test_train_evaluate_infer(tmp_path):
         assert set(np.unique(np.asarray(segmentation.dataobj))) <= set(range(14))
 
 
-def _parsed_2d(config: str):
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / config), str(BUNDLE / "configs" / "2d.yaml")])
-    parser["plans_path"] = str(PLANS)
-    parser["bundle_root"] = str(BUNDLE)
-    return parser
-
-
 @pytest.mark.parametrize("config", ["train.yaml", "inference.yaml"])
 def test_2d_overlay_is_the_plans_2d_configuration(config):
     from shared_networks.nets import umamba_from_plans
 
-    parser = _parsed_2d(config)
+    parser = _parsed(config, "2d.yaml")
     net = parser.get_parsed_content("network_def")
     plan = parser.get_parsed_content("plan")
     assert plan.name == "2d" and type(net) is UMambaBot
