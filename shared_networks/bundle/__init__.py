@@ -23,6 +23,7 @@ from .classification import (
     youden_threshold,
 )
 from .cli import check_command_line
+from .distributed import shutdown_process_group
 from .handlers import (
     AtomicCheckpointSaver,
     EncoderFreezing,
