@@ -10,14 +10,16 @@ the backend is then reported unavailable, so ``"auto"`` falls back to the ``"tor
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import sys
 import threading
 import time
 from types import ModuleType
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -89,13 +91,14 @@ def build_extension(sources: Sequence[str] = (SOURCE,), name: str = EXTENSION_NA
 
     _announce_build(name)
     try:
-        return cpp_extension.load(
-            name=name,
-            sources=list(sources),
-            extra_cflags=list(COMPILE_FLAGS) + list(_ISA_FLAGS.get(CPU_CAPABILITY, ())),
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
+        with _ninja_on_path():
+            return cpp_extension.load(
+                name=name,
+                sources=list(sources),
+                extra_cflags=list(COMPILE_FLAGS) + list(_ISA_FLAGS.get(CPU_CAPABILITY, ())),
+                extra_ldflags=["-fopenmp"],
+                verbose=False,
+            )
     except Exception as exc:  # compiler missing, compile error, or loading the shared object failed
         logger.warning(
             "Could not build the C++ selective-scan kernel (%s: %s); using the pure PyTorch backend instead.",
@@ -103,6 +106,30 @@ def build_extension(sources: Sequence[str] = (SOURCE,), name: str = EXTENSION_NA
             str(exc).strip().splitlines()[-1] if str(exc).strip() else "",
         )
         return None
+
+
+@contextlib.contextmanager
+def _ninja_on_path() -> Iterator[None]:
+    """``cpp_extension.load`` runs ``ninja`` from ``PATH``; the ``ninja`` package (a dependency) installs it beside the
+    environment's Python, which is not on ``PATH`` when that Python is called without activating its environment
+    (``.venv/bin/python -m monai.bundle ...``). Then its folder is added for the build only."""
+    if shutil.which("ninja") is not None:
+        yield
+        return
+    try:
+        import ninja
+    except ImportError:  # load() then reports the missing ninja
+        yield
+        return
+    previous = os.environ.get("PATH")
+    os.environ["PATH"] = os.pathsep.join(filter(None, (ninja.BIN_DIR, previous)))
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = previous
 
 
 def _announce_build(name: str) -> None:

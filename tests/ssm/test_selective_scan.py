@@ -294,6 +294,22 @@ def test_extension_cache_name_follows_the_torch_build(monkeypatch):
     assert cpp_scan.EXTENSION_NAME.endswith(here)
 
 
+def test_build_finds_the_ninja_package_off_path(tmp_path, monkeypatch):
+    """``.venv/bin/python -m monai.bundle ...`` without activating the environment: its ninja is not on PATH."""
+    import os
+    import shutil
+
+    import ninja
+
+    from shared_networks.ssm import cpp_scan
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert shutil.which("ninja") is None
+    with cpp_scan._ninja_on_path():
+        assert shutil.which("ninja") == os.path.join(ninja.BIN_DIR, "ninja")
+    assert os.environ["PATH"] == str(tmp_path)
+
+
 @pytest.mark.parametrize(
     "change,message",
     [
