@@ -79,8 +79,11 @@ logger = logging.getLogger("verify_bundles")
 
 PASS, FAIL, NOTE = "pass", "FAIL", "note"
 
-# Files every bundle of this collection must have (the Model Zoo layout: LICENSE, metadata, logging.conf, README).
-REQUIRED_FILES = ("LICENSE", "configs/metadata.json", "configs/logging.conf", "docs/README.md")
+# Files every bundle of this collection must have (the Model Zoo layout: LICENSE, metadata, logging.conf, README, and
+# the data terms the Zoo's CONTRIBUTING asks for; a bundle on its users' own data says there that none apply).
+REQUIRED_FILES = (
+    "LICENSE", "configs/metadata.json", "configs/logging.conf", "docs/README.md", "docs/data_license.txt",
+)
 REQUIRED_CONFIGS = ("train", "inference", "evaluate", "multi_gpu_train")
 # Model Zoo metadata keys that the 20240725 schema leaves optional but the Zoo asks for (CONTRIBUTING, CI until
 # 2024-08).

@@ -112,6 +112,23 @@ def serve_directory(directory: Path) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+def build_package(out_dir: Path, work_dir: Path) -> tuple[Path, Path]:
+    """``python -m build`` of a copy (in ``work_dir``) of the package's files: (sdist, wheel) in ``out_dir``. Without
+    build isolation: setuptools comes from this environment, so no registry is needed."""
+    import shutil
+
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO_ROOT / name, work_dir / name)
+    shutil.copytree(REPO_ROOT / "shared_networks", work_dir / "shared_networks",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out_dir), str(work_dir)],
+                           capture_output=True, text=True, env=subprocess_env(), timeout=600)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    sdists, wheels = sorted(out_dir.glob("shared_networks-*.tar.gz")), sorted(out_dir.glob("shared_networks-*.whl"))
+    assert len(sdists) == 1 and len(wheels) == 1, sorted(p.name for p in out_dir.iterdir())
+    return sdists[0], wheels[0]
+
+
 def bundle_checks(bundle: Path) -> layout.BundleChecks:
     """The checks file of ``bundle`` (``ci/bundle_checks/<name>.yaml``, else ``tests/fixtures/bundle_checks/``):
     reduced network / train / inference overrides, synthetic data generator, config consistency declarations."""

@@ -30,6 +30,7 @@ from conftest import (
     BUNDLES_DIR,
     CI_DIR,
     REPO_ROOT,
+    build_package,
     bundle_checks,
     cli_overrides,
     copy_bundle,
@@ -67,19 +68,9 @@ def outside_env(**extra: str) -> dict:
 @pytest.fixture(scope="module")
 def distributions(tmp_path_factory) -> tuple[Path, Path]:
     """(sdist, wheel) of ``python -m build`` on a copy of the project's package files."""
-    src = tmp_path_factory.mktemp("src")
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
-        shutil.copy(REPO_ROOT / name, src / name)
-    shutil.copytree(REPO_ROOT / "shared_networks", src / "shared_networks",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    out = tmp_path_factory.mktemp("dist")
-    # --no-isolation: setuptools from this environment (the build needs no registry)
-    built = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(src)],
-                           capture_output=True, text=True, env=subprocess_env(), timeout=600)
-    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
-    version = PROJECT["version"]
-    sdist, wheel = out / f"shared_networks-{version}.tar.gz", out / f"shared_networks-{version}-py3-none-any.whl"
-    assert sdist.is_file() and wheel.is_file(), sorted(p.name for p in out.iterdir())
+    sdist, wheel = build_package(tmp_path_factory.mktemp("dist"), tmp_path_factory.mktemp("src"))
+    name = f"shared_networks-{PROJECT['version']}"
+    assert (sdist.name, wheel.name) == (f"{name}.tar.gz", f"{name}-py3-none-any.whl")
     return sdist, wheel
 
 

@@ -59,7 +59,8 @@ def test_package_layout_and_exclusions(fixture_bundle, tmp_path):
     assert {n.split("/")[0] for n in names} == {name}
     assert names == sorted(
         f"{name}/{rel}"
-        for rel in ("LICENSE", "docs/README.md", "models/model.pt", "configs/metadata.json", "configs/logging.conf",
+        for rel in ("LICENSE", "docs/README.md", "docs/data_license.txt", "models/model.pt", "configs/metadata.json",
+                    "configs/logging.conf",
                     "configs/train.yaml", "configs/evaluate.yaml", "configs/inference.yaml",
                     "configs/multi_gpu_train.yaml", "configs/train.json", "configs/inference.json",
                     "scripts/__init__.py", "scripts/synthetic.py")
