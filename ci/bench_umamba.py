@@ -98,6 +98,8 @@ def main() -> None:
     parser.add_argument("--reference-iterations", type=int, default=1, help="of the reference scan (default 1)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--skip-reference", action="store_true", help="time only the project's scan core")
+    parser.add_argument("--reference-timeout", type=float, default=0.0,
+                        help="stop the reference after this many seconds and report a lower bound (default: no limit)")
     parser.add_argument("--variant", choices=["fast", "reference"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.iterations < 1 or args.reference_iterations < 1:
@@ -114,10 +116,22 @@ def main() -> None:
                    args.configuration, "--network", args.network, "--classes", str(args.classes), "--batch-size",
                    str(args.batch_size), "--iterations", str(args.iterations), "--reference-iterations",
                    str(args.reference_iterations), "--threads", str(args.threads)]
-        proc = subprocess.run(command, capture_output=True, text=True)
+        timeout = args.reference_timeout if variant == "reference" and args.reference_timeout > 0 else None
+        start = time.perf_counter()
+        try:
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            fast = results["fast"]
+            print(f"  reference stopped after {time.perf_counter() - start:.0f} s without finishing its first "
+                  f"iteration: the scan core's first iteration ({fast['seconds'][0]:.2f} s) is more than "
+                  f"{timeout / fast['seconds'][0]:.0f}x faster", flush=True)
+            break
         if proc.returncode != 0:
             sys.exit(f"{variant} run failed:\n{proc.stderr[-3000:]}")
         results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+        r = results[variant]
+        print(f"  {variant}: {r['backend']}, iterations {', '.join(f'{t:.2f}' for t in r['seconds'])} s, peak RSS "
+              f"{r['peak_rss_mib']:.0f} MiB", flush=True)
     fast = results["fast"]
     print(f"\n{fast['network']} ({fast['parameters']:,} parameters), plan {Path(args.plans).name} / "
           f"{args.configuration}: batch {fast['batch']} x {'x'.join(map(str, fast['patch']))} (plan order), "

@@ -33,6 +33,7 @@ from .handlers import (
     TrainingCheckpoint,
     clean_checkpoint_folder,
 )
+from .inferers import DivisiblePadInferer
 from .landmarks import (
     DecodeLandmarksd,
     LandmarkLabelMapd,
