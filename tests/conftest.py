@@ -14,6 +14,7 @@ import http.server
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -112,11 +113,30 @@ def serve_directory(directory: Path) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+def release_and_download(bundle: Path, work_dir: Path, python: str | os.PathLike = sys.executable,
+                         env: dict | None = None) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """A copy of ``bundle`` with initial weights, packed by ``ci/package_bundle.py --models yes``, served over HTTP on
+    127.0.0.1 and fetched with ``<python> -m monai.bundle download`` into ``work_dir/downloads`` (run in
+    ``work_dir``). Returns (release zip, the weights packed, the download's completed process)."""
+    release = copy_bundle(bundle, work_dir / "release")
+    weights = write_initial_weights(release)
+    serve = work_dir / "serve"
+    packaged = subprocess.run([sys.executable, str(CI_DIR / "package_bundle.py"), str(release), "--output-dir",
+                               str(serve), "--models", "yes"], capture_output=True, text=True, env=subprocess_env(),
+                              timeout=300)
+    assert packaged.returncode == 0, packaged.stderr
+    zip_path = Path(packaged.stdout.strip())
+    with serve_directory(serve) as base_url:
+        download = subprocess.run(
+            [str(python), "-m", "monai.bundle", "download", "--name", bundle.name, "--url",
+             f"{base_url}/{zip_path.name}", "--bundle_dir", str(work_dir / "downloads")],
+            capture_output=True, text=True, env=env or subprocess_env(), cwd=work_dir, timeout=300)
+    return zip_path, weights, download
+
+
 def build_package(out_dir: Path, work_dir: Path) -> tuple[Path, Path]:
     """``python -m build`` of a copy (in ``work_dir``) of the package's files: (sdist, wheel) in ``out_dir``. Without
     build isolation: setuptools comes from this environment, so no registry is needed."""
-    import shutil
-
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(REPO_ROOT / name, work_dir / name)
     shutil.copytree(REPO_ROOT / "shared_networks", work_dir / "shared_networks",

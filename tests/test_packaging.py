@@ -28,16 +28,13 @@ import numpy as np
 import pytest
 from conftest import (
     BUNDLES_DIR,
-    CI_DIR,
     REPO_ROOT,
     build_package,
     bundle_checks,
     cli_overrides,
-    copy_bundle,
     make_synthetic_data,
-    serve_directory,
+    release_and_download,
     subprocess_env,
-    write_initial_weights,
 )
 
 PROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
@@ -138,21 +135,9 @@ def test_wheel_in_a_fresh_environment_runs_a_downloaded_bundle(fresh_python, tmp
     if shutil.which("c++") and shutil.which("ninja"):
         assert fresh["backend"] == "cpp"
 
-    release = copy_bundle(BUNDLE, tmp_path / "release")
-    write_initial_weights(release)
-    serve = tmp_path / "serve"
-    packaged = subprocess.run([sys.executable, str(CI_DIR / "package_bundle.py"), str(release), "--output-dir",
-                               str(serve), "--models", "yes"], capture_output=True, text=True, env=subprocess_env(),
-                              timeout=300)
-    assert packaged.returncode == 0, packaged.stderr
-    zip_path = Path(packaged.stdout.strip())
-    downloads = tmp_path / "downloads"
-    with serve_directory(serve) as base_url:
-        download = subprocess.run(
-            [str(fresh_python), "-m", "monai.bundle", "download", "--name", BUNDLE.name, "--url",
-             f"{base_url}/{zip_path.name}", "--bundle_dir", str(downloads)],
-            capture_output=True, text=True, env=fresh_env, cwd=tmp_path, timeout=300)
+    _, _, download = release_and_download(BUNDLE, tmp_path, python=fresh_python, env=fresh_env)
     assert download.returncode == 0, download.stdout[-3000:] + download.stderr[-3000:]
+    downloads = tmp_path / "downloads"
     downloaded = downloads / BUNDLE.name
 
     checks = bundle_checks(BUNDLE)

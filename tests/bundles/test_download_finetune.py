@@ -25,6 +25,7 @@ from conftest import (
     list_weights,
     make_synthetic_data,
     reduced_train_overrides,
+    release_and_download,
     serve_directory,
     subprocess_env,
     write_initial_weights,
@@ -121,24 +122,11 @@ def test_package_cli(fixture_bundle, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("bundle", bundle_params())
 def test_download_and_finetune(bundle: Path, tmp_path: Path):
-    release = copy_bundle(bundle, tmp_path / "release")
-    weights = write_initial_weights(release)
-    serve = tmp_path / "serve"
-    packaged = subprocess.run([sys.executable, str(CI_DIR / "package_bundle.py"), str(release), "--output-dir",
-                               str(serve), "--models", "yes"], capture_output=True, text=True, env=subprocess_env(),
-                              timeout=300)
-    assert packaged.returncode == 0, packaged.stderr
-    zip_path = Path(packaged.stdout.strip())
+    zip_path, weights, download = release_and_download(bundle, tmp_path)
     version = json.loads((bundle / "configs" / "metadata.json").read_text())["version"]
     assert zip_path.name == f"{bundle.name}_v{version}.zip"
-
-    downloads = tmp_path / "downloads"
-    with serve_directory(serve) as base_url:
-        download = subprocess.run(
-            [sys.executable, "-m", "monai.bundle", "download", "--name", bundle.name, "--url",
-             f"{base_url}/{zip_path.name}", "--bundle_dir", str(downloads)],
-            capture_output=True, text=True, env=subprocess_env(), timeout=300)
     assert download.returncode == 0, download.stdout[-3000:] + download.stderr[-3000:]
+    downloads = tmp_path / "downloads"
     downloaded = downloads / bundle.name
     assert (downloaded / "configs" / "metadata.json").is_file()
     assert sha256_of(downloaded / "models" / "model.pt") == sha256_of(weights)
