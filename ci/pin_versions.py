@@ -111,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stale += 1
         print(f"{path.relative_to(args.bundles_dir)}: " + "; ".join(changed))
         if not args.check:
-            write_text_atomically(json.dumps(pinned, indent=4, ensure_ascii=False) + "\n", path)
+            # the Model Zoo's JSON format (its pretty-format-json hook: 4 spaces, key order kept, ASCII escapes)
+            write_text_atomically(json.dumps(pinned, indent=4) + "\n", path)
     if args.check and stale:
         print(f"{stale} bundle(s) differ from {args.versions}: run python ci/pin_versions.py", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ reduced network (``--reduced``) and what ``config_consistency`` compares beyond 
 Usage::
 
     python ci/verify_bundles.py                       # every folder in bundles/
+    python ci/verify_bundles.py --zoo                 # the Model Zoo's premerge steps, failing where it fails
     python ci/verify_bundles.py segmamba_brats -v     # named bundles, with MONAI logs
     python ci/verify_bundles.py --checks metadata,config_lint
     python ci/verify_bundles.py path/to/my_bundle --checks-dir ci/bundle_checks --checks-dir path/to/checks --reduced
@@ -163,6 +164,9 @@ class BundleContext:
     max_side: int = DEFAULT_MAX_SIDE
     dataset_dir: Path | None = None
     net_override: dict = field(default_factory=dict)
+    zoo: bool = False  # --zoo: what the Model Zoo's CI fails on fails here too (missing weights)
+    package_dir: Path | None = None  # --zoo: the shared_networks wheel built for the requirements check
+    pip_cache: Path | None = None  # --zoo: one pip cache for every bundle's requirements check
     _workdir: Path | None = None
     _tmp: tempfile.TemporaryDirectory | None = None
     weights_note: str = ""
@@ -332,6 +336,12 @@ def check_files(ctx: BundleContext) -> str:
             problems.append(f"{rel} is over 25 MB: list it in large_files.yml instead")
     if problems:
         raise BundleCheckError("; ".join(problems))
+    if weights_missing and ctx.zoo:
+        raise BundleCheckError(
+            "no trained weights: the Model Zoo's verify_bundle_directory requires models/model.pt (shipped, or listed "
+            "in large_files.yml); this bundle has none yet"
+            + (f" ({local} is a local training output)" if local else "")
+        )
     if weights_missing:
         # no published weights yet: the Zoo CI would need the bundle in its exclude_verify_preferred_files_list
         suffix = f" ({local} is a local training output, untracked by git)" if local else ""
@@ -701,8 +711,9 @@ def _compare_outputs(reference: Any, exported: Any, what: str) -> float:
 
 
 def check_export(ctx: BundleContext) -> tuple[str, str]:
-    """``ckpt_export`` to TorchScript (script, then trace), else ``torch.export``; the exported model must reproduce the
-    eager output on an input it was not traced with. Anything but scripting is a note the README must explain."""
+    """``ckpt_export`` with TorchScript scripting (the Model Zoo's export check: its failure fails the check) and with
+    tracing, and ``torch.export``; every exported model must reproduce the eager output on an input it was not traced
+    with. A failing trace or ``torch.export`` is a note the README must explain."""
     import torch
     from monai.bundle import ckpt_export
 
@@ -739,11 +750,14 @@ def check_export(ctx: BundleContext) -> tuple[str, str]:
                 with torch.no_grad():
                     err = _compare_outputs(reference, loaded(check_input), method)
         except Exception as e:
+            if not use_trace:
+                raise BundleCheckError(
+                    "the Model Zoo's export check, ckpt_export with TorchScript scripting (its default), fails: "
+                    + _first_line(e)
+                ) from e
             failures.append(f"{method} failed: {_first_line(e)}")
             continue
         exported.append(f"{method} via ckpt_export max |diff| {err:.2g}")
-        if not use_trace:
-            break  # scripted: the Model Zoo's own check passes, tracing adds nothing
     try:
         program = torch.export.export(net, (trace_input,))
         ep_path = ctx.tmp_dir() / "model.pt2"
@@ -756,15 +770,106 @@ def check_export(ctx: BundleContext) -> tuple[str, str]:
     detail = "; ".join(exported + [ctx.weights_note] + ([shape_note] if shape_note else []))
     if not failures:
         return PASS, detail
-    if not exported:
-        if not _readme_mentions(ctx, "TorchScript"):
-            raise BundleCheckError("not exportable (" + "; ".join(failures) + "), and docs/README.md does not say so"
-                                   " (mention TorchScript and why it is unsupported)")
-        return NOTE, "not exportable, as docs/README.md states: " + "; ".join(failures)
     if not _readme_mentions(ctx, "TorchScript"):
         raise BundleCheckError(detail + "; but " + "; ".join(failures) + ", and docs/README.md does not say so")
-    # an export that works, and the README explains the one that does not: what a Zoo maintainer accepts
+    # scripting (the Zoo's check) works, and the README explains the export that does not
     return PASS, detail + "; unsupported, as docs/README.md explains: " + "; ".join(failures)
+
+
+def zoo_json(content: Any) -> str:
+    """The text the Model Zoo's ``pretty-format-json`` hook (``--autofix --no-sort-keys --indent=4``) writes."""
+    return json.dumps(content, indent=4, ensure_ascii=True) + "\n"
+
+
+def _json_format_problem(name: str, text: str) -> str | None:
+    try:
+        content = json.loads(text)
+    except json.JSONDecodeError as e:
+        return f"{name} is not valid JSON ({e})"
+    expected = zoo_json(content)
+    if text == expected:
+        return None
+    line = next((i for i, (a, b) in enumerate(zip(text.splitlines(), expected.splitlines()), 1) if a != b),
+                min(len(text.splitlines()), len(expected.splitlines())) + 1)
+    return f"{name} line {line} differs from the Zoo's format (4-space indent, key order kept, non-ASCII as \\uXXXX)"
+
+
+def check_json_format(ctx: BundleContext) -> str:
+    """Every JSON file of the bundle and of its release archive (which adds JSON twins of the YAML configs) is in the
+    format of the Model Zoo's ``pretty-format-json`` pre-commit hook, which fails a pull request otherwise."""
+    problems = [problem for path in sorted(ctx.bundle.rglob("*.json")) if is_bundle_source(path.relative_to(ctx.bundle))
+                for problem in [_json_format_problem(str(path.relative_to(ctx.bundle)), path.read_text())] if problem]
+    archive = package_bundle(ctx.bundle, ctx.tmp_dir() / "json_format", models="no")
+    with zipfile.ZipFile(archive) as zipped:
+        released = [name for name in zipped.namelist() if name.endswith(".json")]
+        problems += [problem for name in released
+                     for problem in [_json_format_problem(f"{archive.name}:{name}", zipped.read(name).decode())]
+                     if problem]
+    if problems:
+        raise BundleCheckError("; ".join(problems))
+    return f"{len(released)} JSON files of the release archive in the Zoo's format"
+
+
+def zoo_requirements(metadata: dict) -> list[str]:
+    """The lines the Model Zoo's ``ci/get_bundle_requirements.py`` writes for a bundle (and pip then installs)."""
+    lines = [f"monai=={metadata['monai_version']}", f"torch=={metadata['pytorch_version']}",
+             f"numpy=={metadata['numpy_version']}"]
+    for key in ("optional_packages_version", "required_packages_version"):
+        lines += [f"{name}=={version}" for name, version in (metadata.get(key) or {}).items()]
+    return lines
+
+
+def canonical_name(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def build_package_wheel(out_dir: Path) -> Path:
+    """The ``shared_networks`` wheel of this checkout (``python -m build --no-isolation``: no registry needed)."""
+    source = out_dir / "source"
+    source.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO_ROOT / name, source / name)
+    shutil.copytree(REPO_ROOT / "shared_networks", source / "shared_networks",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    wheels = out_dir / "wheels"
+    built = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--wheel", "--outdir", str(wheels),
+                            str(source)], capture_output=True, text=True, timeout=900)
+    if built.returncode != 0:
+        raise RuntimeError("building the shared_networks wheel failed: " + (built.stderr or built.stdout)[-1000:])
+    return wheels
+
+
+def check_requirements(ctx: BundleContext) -> str:
+    """``pip install --dry-run`` of the requirements the Model Zoo's CI installs for the bundle, for Python 3.10 (its
+    CPU runners' Python) from the package registry, with ``shared_networks`` from the wheel built from this checkout
+    (it is not on PyPI yet). pip downloads the wheels to read their metadata (torch's is large); nothing is
+    installed."""
+    requirements = zoo_requirements(read_metadata(ctx))
+    req_file = ctx.tmp_dir() / "zoo_requirements.txt"
+    req_file.write_text("\n".join(requirements) + "\n")
+    if ctx.package_dir is None:
+        ctx.package_dir = build_package_wheel(ctx.tmp_dir() / "package")
+    report = ctx.tmp_dir() / "pip_report.json"
+    # --ignore-installed: resolve everything for the Zoo's runner, not against what this environment already has
+    command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--python-version",
+               "3.10", "--only-binary=:all:", "--find-links", str(ctx.package_dir), "--report", str(report), "-r",
+               str(req_file)]
+    command += ["--cache-dir", str(ctx.pip_cache)] if ctx.pip_cache else ["--no-cache-dir"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    if result.returncode != 0:
+        lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+        raise BundleCheckError("the Zoo's pip install -r of " + ", ".join(requirements) + " does not resolve on "
+                               "Python 3.10: " + " / ".join(lines[-3:]))
+    resolved = {canonical_name(item["metadata"]["name"]): item["metadata"]["version"]
+                for item in json.loads(report.read_text())["install"]}
+    wrong = [line for line in requirements
+             if resolved.get(canonical_name(line.split("==")[0])) != line.split("==")[1]]
+    if wrong:
+        raise BundleCheckError(f"pip resolved {', '.join(wrong)} to other versions: "
+                               + ", ".join(f"{n}=={resolved.get(canonical_name(n.split('==')[0]))}" for n in wrong))
+    return f"{', '.join(requirements)} resolve on Python 3.10 ({len(resolved)} packages; shared_networks from the " \
+           "wheel of this checkout)"
 
 
 def _readme_mentions(ctx: BundleContext, word: str) -> bool:
@@ -819,6 +924,7 @@ def check_load_inference(ctx: BundleContext) -> tuple[str, str]:
 
 
 CHECKS: dict[str, Callable[[BundleContext], Any]] = {
+    "requirements": check_requirements,
     "files": check_files,
     "metadata": check_metadata,
     "metadata_keys": check_metadata_keys,
@@ -826,6 +932,7 @@ CHECKS: dict[str, Callable[[BundleContext], Any]] = {
     "config_consistency": check_config_consistency,
     "logging_conf": check_logging_conf,
     "large_files": check_large_files,
+    "json_format": check_json_format,
     "readme": check_readme,
     "properties_train": check_properties_train,
     "properties_infer": check_properties_infer,
@@ -834,6 +941,13 @@ CHECKS: dict[str, Callable[[BundleContext], Any]] = {
     "load_train": check_load_train,
     "load_inference": check_load_inference,
 }
+# The default run leaves out what needs the package registry and minutes of downloads.
+DEFAULT_CHECKS = tuple(name for name in CHECKS if name != "requirements")
+# --zoo: the steps of the Model Zoo's premerge CI (run_premerge_cpu.sh / verify_bundle.py), in its order: install the
+# bundle's requirements, preferred files, metadata, JSON format (its pre-commit hook), net in/out, TorchScript export,
+# and the workflow properties of its unit tests.
+ZOO_CHECKS = ("requirements", "files", "metadata", "metadata_keys", "json_format", "large_files", "net_in_out",
+              "export", "properties_train", "properties_infer")
 
 
 def _first_line(error: BaseException) -> str:
@@ -878,21 +992,27 @@ def run_check(ctx: BundleContext, name: str) -> CheckResult:
 
 def verify_bundle(
     bundle: Path,
-    checks: Sequence[str] = tuple(CHECKS),
+    checks: Sequence[str] = DEFAULT_CHECKS,
     max_side: int = DEFAULT_MAX_SIDE,
     dataset_dir: Path | None = None,
     net_override: dict | None = None,
     checks_dirs: Sequence[Path] = (DEFAULT_CHECKS_DIR,),
+    zoo: bool = False,
+    package_dir: Path | None = None,
+    pip_cache: Path | None = None,
 ) -> dict[str, CheckResult]:
     """Run ``checks`` on one bundle folder and return ``{check: CheckResult}``; the bundle's checks file is the first
-    ``<dir>/<bundle name>.yaml`` of ``checks_dirs``."""
+    ``<dir>/<bundle name>.yaml`` of ``checks_dirs``. ``zoo`` fails what the Model Zoo's CI fails on (missing
+    weights); ``package_dir`` (a folder with the shared_networks wheel) and ``pip_cache`` serve the requirements
+    check."""
     unknown = [c for c in checks if c not in CHECKS]
     if unknown:
         raise ValueError(f"unknown checks {unknown}; expected some of {list(CHECKS)}")
     if not (bundle / "configs").is_dir():
         raise FileNotFoundError(f"bundle folder {bundle} has no configs/ folder")
     ctx = BundleContext(bundle=bundle, settings=load_bundle_checks(bundle, checks_dirs), max_side=max_side,
-                        dataset_dir=dataset_dir, net_override=net_override or {})
+                        dataset_dir=dataset_dir, net_override=net_override or {}, zoo=zoo, package_dir=package_dir,
+                        pip_cache=pip_cache)
     try:
         return {name: run_check(ctx, name) for name in checks}
     finally:
@@ -914,7 +1034,13 @@ def format_table(results: dict[str, dict[str, CheckResult]]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bundles", nargs="*", help="bundle names or paths (default: every folder in bundles/)")
-    parser.add_argument("--checks", default=",".join(CHECKS), help=f"comma-separated subset of {','.join(CHECKS)}")
+    parser.add_argument("--checks", default=None,
+                        help=f"comma-separated subset of {','.join(CHECKS)} (default: all but requirements; with --zoo:"
+                             f" {','.join(ZOO_CHECKS)})")
+    parser.add_argument("--zoo", action="store_true",
+                        help="the Model Zoo's premerge steps, offline and in its order, failing where it fails: the"
+                             " requirements resolve on Python 3.10 (pip dry run; downloads torch's wheel), the weights"
+                             " exist, the JSON files have its format, scripting export works")
     parser.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
                         help="largest side of the fake input for net_in_out/export (fixed metadata shapes above it are"
                              " reduced; default %(default)s)")
@@ -944,7 +1070,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         net_override = json.loads(args.net_override)
     except json.JSONDecodeError as e:
         parser.error(f"--net-override must be a JSON dict: {e}")
-    checks = [c.strip() for c in args.checks.split(",") if c.strip()]
+    default_checks = ZOO_CHECKS if args.zoo else DEFAULT_CHECKS
+    checks = [c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else list(default_checks)
     if not checks or any(c not in CHECKS for c in checks):
         parser.error(f"unknown checks in '{args.checks}'; expected some of {','.join(CHECKS)}")
     checks_dirs = [d.resolve() for d in args.checks_dir or [DEFAULT_CHECKS_DIR]]
@@ -956,11 +1083,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     results = {}
-    with _quiet_logs(args.verbose):
+    with _quiet_logs(args.verbose), tempfile.TemporaryDirectory(prefix="verify_bundles_") as shared:
+        package_dir = pip_cache = None
+        if "requirements" in checks:  # one wheel and one pip cache (torch's wheel downloads once) for every bundle
+            package_dir, pip_cache = build_package_wheel(Path(shared) / "package"), Path(shared) / "pip_cache"
         for bundle in bundles:
             override = {**(settings[bundle].network_def if args.reduced else {}), **net_override}
             results[bundle.name] = verify_bundle(bundle, checks, args.max_side, args.dataset_dir, override,
-                                                 checks_dirs)
+                                                 checks_dirs, zoo=args.zoo, package_dir=package_dir,
+                                                 pip_cache=pip_cache)
     print(format_table(results))
     failed = [(b, c) for b, r in results.items() for c, res in r.items() if res.status == FAIL]
     print(f"\n{sum(len(r) for r in results.values()) - len(failed)} passed, {len(failed)} failed")

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any
+from typing import Any, List
 
 import torch
 from monai.utils import look_up_option
@@ -31,18 +31,24 @@ def check_network_input(network: str, x: torch.Tensor, in_channels: int, axes: s
     (e.g. ``"HW"``, ``"DHW"``) and every spatial size a positive multiple of ``divisor`` (the network's total
     downsampling); the error names each bad axis with the nearest valid sizes.
     """
-    if x.ndim != 2 + len(axes) or x.shape[1] != in_channels:
+    # written in the subset of Python that TorchScript compiles: scripted networks check their input too
+    if x.dim() != 2 + len(axes) or x.shape[1] != in_channels:
         raise ValueError(
-            f"{network} expects a (batch, {in_channels}, {', '.join(axes)}) input, got shape {tuple(x.shape)}."
+            f"{network} expects a (batch, {in_channels}, {', '.join([axis for axis in axes])}) input, got shape "
+            f"{list(x.shape)}."
         )
-    bad = [(axis, size) for axis, size in zip(axes, x.shape[2:]) if size % divisor or size == 0]
-    if bad:
-        def nearest(size: int) -> str:
+    bad: List[str] = []
+    for index, axis in enumerate(axes):
+        size = x.shape[2 + index]
+        if size % divisor != 0 or size == 0:
             lower = size // divisor * divisor
-            return f"{lower} or {lower + divisor}" if lower else f"{divisor}"
-
-        details = "; ".join(f"{axis}={size} (nearest valid: {nearest(size)})" for axis, size in bad)
-        steps = divisor.bit_length() - 1
+            nearest = f"{lower} or {lower + divisor}" if lower > 0 else f"{divisor}"
+            bad.append(f"{axis}={size} (nearest valid: {nearest})")
+    if len(bad) > 0:
+        details = "; ".join(bad)
+        steps = 0
+        while 2**steps < divisor:
+            steps += 1
         raise ValueError(
             f"{network} needs every spatial size divisible by {divisor} ({steps} stride-2 steps), got {details}. Crop "
             "or pad the input, or use a sliding-window inferer with such a window."

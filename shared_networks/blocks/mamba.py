@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -28,12 +29,17 @@ from shared_networks.blocks.ssm_init import (
     ssm_skip,
 )
 from shared_networks.ssm import causal_conv1d, selective_scan
+from shared_networks.ssm.scripted import causal_conv1d_silu_scripted, selective_scan_scripted
 from shared_networks.utils import look_up_argument
 
 __all__ = ["Mamba", "ScanOrder"]
 
 # A scan order is a pair (permutation, inverse permutation) of sequence positions, or None for the identity order.
-ScanOrder = tuple[torch.Tensor, torch.Tensor] | None
+ScanOrder = Optional[Tuple[torch.Tensor, torch.Tensor]]
+# conv1d weight, conv1d bias, x_proj weight, dt_proj weight, dt_proj bias, A_log, D of one direction
+DirectionParameters = Tuple[
+    torch.Tensor, Optional[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
+]
 
 
 class Mamba(nn.Module):
@@ -54,7 +60,8 @@ class Mamba(nn.Module):
         bias: whether in_proj and out_proj have a bias.
         direction_suffixes: one parameter-name suffix per scan direction; ``("",)`` is the plain Mamba layer,
             ``("", "_b", "_s")`` the tri-orientated layer of SegMamba. A direction with suffix ``s`` owns
-            ``conv1d{s}``, ``x_proj{s}``, ``dt_proj{s}``, ``A{s}_log`` and ``D{s}``.
+            ``conv1d{s}``, ``x_proj{s}``, ``dt_proj{s}``, ``A{s}_log`` and ``D{s}``. ``torch.jit.script`` compiles
+            the layer for the suffixes ``""``, ``"_b"`` and ``"_s"``.
         init_all_directions: apply Mamba's dt initialisation to every direction. SegMamba's release initialises
             only the first direction this way and leaves the others at PyTorch's default (False reproduces it).
         device: device of the parameters.
@@ -111,23 +118,54 @@ class Mamba(nn.Module):
             setattr(self, f"D{suffix}", ssm_skip(self.d_inner, device=device))
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
 
+    def _direction_parameters(self, suffix: str) -> DirectionParameters:
+        """The parameters of the direction with name suffix ``suffix``."""
+        if torch.jit.is_scripting():
+            # TorchScript cannot look an attribute up by a computed name, so the layouts of the papers are spelled out
+            # (mamba-ssm's plain layer, Vision Mamba's "_b", SegMamba's "_b" and "_s"); each hasattr branch is
+            # compiled only where the attribute exists. Eager mode takes any suffixes.
+            if suffix == "_b":
+                if hasattr(self, "conv1d_b"):
+                    return (self.conv1d_b.weight, self.conv1d_b.bias, self.x_proj_b.weight, self.dt_proj_b.weight,
+                            self.dt_proj_b.bias, self.A_b_log, self.D_b)
+            if suffix == "_s":
+                if hasattr(self, "conv1d_s"):
+                    return (self.conv1d_s.weight, self.conv1d_s.bias, self.x_proj_s.weight, self.dt_proj_s.weight,
+                            self.dt_proj_s.bias, self.A_s_log, self.D_s)
+            if suffix != "":
+                raise RuntimeError(f"direction suffix '{suffix}' cannot be scripted; use one of '', '_b', '_s'.")
+            return (self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
+                    self.A_log, self.D)
+        conv: nn.Conv1d = getattr(self, f"conv1d{suffix}")
+        dt_proj: nn.Linear = getattr(self, f"dt_proj{suffix}")
+        return (conv.weight, conv.bias, getattr(self, f"x_proj{suffix}").weight, dt_proj.weight, dt_proj.bias,
+                getattr(self, f"A{suffix}_log"), getattr(self, f"D{suffix}"))
+
     def _scan_direction(self, x: torch.Tensor, z: torch.Tensor, suffix: str) -> torch.Tensor:
         """One direction on (batch, d_inner, L) inputs already in that direction's order; returns the gated y."""
-        conv: nn.Conv1d = getattr(self, f"conv1d{suffix}")
-        x_proj: nn.Linear = getattr(self, f"x_proj{suffix}")
-        dt_proj: nn.Linear = getattr(self, f"dt_proj{suffix}")
-        a = -torch.exp(getattr(self, f"A{suffix}_log").float())
-        d = getattr(self, f"D{suffix}").float()
-        x = causal_conv1d(x, conv.weight.squeeze(1), conv.bias, activation="silu")
-        x_dbl = x_proj(x.transpose(1, 2))  # (batch, L, dt_rank + 2N)
+        conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, a_log, d = self._direction_parameters(
+            suffix
+        )
+        a = -torch.exp(a_log.float())
+        if torch.jit.is_scripting():
+            x = causal_conv1d_silu_scripted(x, conv_weight.squeeze(1), conv_bias)
+        else:
+            x = causal_conv1d(x, conv_weight.squeeze(1), conv_bias, activation="silu")
+        x_dbl = F.linear(x.transpose(1, 2), x_proj_weight)  # (batch, L, dt_rank + 2N)
         dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.linear(dt, dt_proj.weight).transpose(1, 2)  # bias is added inside the scan, in fp32
+        delta = F.linear(dt, dt_proj_weight).transpose(1, 2)  # bias is added inside the scan, in fp32
+        if torch.jit.is_scripting():
+            return selective_scan_scripted(
+                x, delta, a, b.transpose(1, 2), c.transpose(1, 2), d.float(), z, dt_proj_bias.float(), True
+            )
         return selective_scan(
-            x, delta, a, b.transpose(1, 2), c.transpose(1, 2), D=d, z=z,
-            delta_bias=dt_proj.bias.float(), delta_softplus=True,
+            x, delta, a, b.transpose(1, 2), c.transpose(1, 2), D=d.float(), z=z,
+            delta_bias=dt_proj_bias.float(), delta_softplus=True,
         )
 
-    def forward(self, hidden_states: torch.Tensor, scan_orders: Sequence[ScanOrder] | None = None) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, scan_orders: Optional[List[ScanOrder]] = None
+    ) -> torch.Tensor:
         """
         Args:
             hidden_states: (batch, L, d_model).
@@ -136,24 +174,28 @@ class Mamba(nn.Module):
         """
         if hidden_states.ndim != 3 or hidden_states.shape[-1] != self.d_model:
             raise ValueError(
-                f"hidden_states must be (batch, L, d_model={self.d_model}), got {tuple(hidden_states.shape)}."
+                f"hidden_states must be (batch, L, d_model={self.d_model}), got {list(hidden_states.shape)}."
             )
-        if scan_orders is None:
-            scan_orders = [None] * len(self.direction_suffixes)
-        if len(scan_orders) != len(self.direction_suffixes):
+        n_directions = len(self.direction_suffixes)
+        if scan_orders is not None and len(scan_orders) != n_directions:
             raise ValueError(
-                f"scan_orders must give one order per direction ({len(self.direction_suffixes)}), "
-                f"got {len(scan_orders)}."
+                f"scan_orders must give one order per direction ({n_directions}), got {len(scan_orders)}."
             )
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2 * d_inner, L)
         x, z = xz.chunk(2, dim=1)
-        y = None
-        for suffix, order in zip(self.direction_suffixes, scan_orders):
+        y: Optional[torch.Tensor] = None
+        index = 0
+        for suffix in self.direction_suffixes:
+            order: ScanOrder = None if scan_orders is None else scan_orders[index]
             if order is None:
                 y_dir = self._scan_direction(x, z, suffix)
             else:
                 permutation, inverse = order
-                y_dir = self._scan_direction(x[..., permutation], z[..., permutation], suffix)[..., inverse]
+                y_dir = self._scan_direction(x.index_select(2, permutation), z.index_select(2, permutation), suffix)
+                y_dir = y_dir.index_select(2, inverse)
             # Directions are summed without averaging before the shared out_proj (as in SegMamba's release).
             y = y_dir if y is None else y + y_dir
+            index += 1
+        if y is None:  # unreachable (the constructor requires a direction); refines the type for TorchScript
+            raise RuntimeError("the Mamba layer has no scan direction.")
         return self.out_proj(y.transpose(1, 2))

@@ -51,22 +51,19 @@ def channel_spatial_siamese_mean(mamba: nn.Module, tokens: torch.Tensor) -> torc
     The four views run as one batch of ``4 * batch`` sequences through ``mamba`` (its operations are per sequence, so
     this equals four separate calls).
     """
-    token_dim, channel_dim = 1, 2
-    views = torch.cat(
-        [
-            tokens,
-            tokens.flip(channel_dim),
-            tokens.flip(token_dim),
-            tokens.flip(token_dim, channel_dim),
-        ]
-    )
-    same, channel_flipped, token_flipped, both_flipped = mamba(views).chunk(4)
-    return (
-        same
-        + channel_flipped.flip(channel_dim)
-        + token_flipped.flip(token_dim)
-        + both_flipped.flip(token_dim, channel_dim)
-    ) / 4
+    return _merge_siamese_views(mamba(_siamese_views(tokens)))
+
+
+# The two halves of channel_spatial_siamese_mean, apart because TorchScript cannot pass a module to a function.
+def _siamese_views(tokens: torch.Tensor) -> torch.Tensor:
+    """(batch, L, C) -> (4 * batch, L, C): the sequence, channels reversed, tokens reversed, both reversed."""
+    return torch.cat([tokens, tokens.flip([2]), tokens.flip([1]), tokens.flip([1, 2])])
+
+
+def _merge_siamese_views(outputs: torch.Tensor) -> torch.Tensor:
+    """The mean of the four views' outputs, each view undone."""
+    same, channel_flipped, token_flipped, both_flipped = outputs.chunk(4)
+    return (same + channel_flipped.flip([2]) + token_flipped.flip([1]) + both_flipped.flip([1, 2])) / 4
 
 
 class MambaInConvolution(nn.Module):
@@ -112,17 +109,17 @@ class MambaInConvolution(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 5 or x.shape[1] != self.dim:
-            raise ValueError(f"MambaInConvolution expects (batch, {self.dim}, D, H, W), got {tuple(x.shape)}.")
+            raise ValueError(f"MambaInConvolution expects (batch, {self.dim}, D, H, W), got {list(x.shape)}.")
         act = self.relu(self.norm(self.nin(x)))
         tokens = act.flatten(2).transpose(1, 2)  # (batch, L, C), W fastest
         if self.channel_spatial_siamese:
-            mixed = channel_spatial_siamese_mean(self.mamba, tokens)
+            mixed = _merge_siamese_views(self.mamba(_siamese_views(tokens)))
         else:
             mixed = self.mamba(tokens)
         out = mixed.transpose(1, 2).reshape(act.shape)
-        if not self.output_convolution:
-            return out
-        return self.relu2(self.norm2(self.nin2(out + act)))
+        if hasattr(self, "nin2"):  # output_convolution (hasattr: TorchScript compiles the layers only where built)
+            return self.relu2(self.norm2(self.nin2(out + act)))
+        return out
 
 
 class nnMambaResidualBlock(nn.Module):
@@ -203,9 +200,9 @@ class nnMambaSkipScaling(nn.Module):
         self.layer2 = nn.Linear(hidden, dim)
 
     def forward(self, skip: torch.Tensor) -> torch.Tensor:
-        pooled = skip.mean(dim=tuple(range(2, skip.ndim)))
+        pooled = skip.mean(dim=[axis for axis in range(2, skip.dim())])
         gate = torch.sigmoid(self.layer2(torch.relu(self.layer1(pooled))))
-        return skip * gate.reshape(*gate.shape, *([1] * (skip.ndim - 2)))
+        return skip * gate.reshape(list(gate.shape) + [1] * (skip.dim() - 2))
 
 
 class HierarchicalSequenceMamba(nn.Module):

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 
-__all__ = ["reversed_order", "inter_slice_order", "tri_orientated_orders"]
+__all__ = ["reversed_order", "inter_slice_order", "tri_orientated_orders", "tri_orientated_orders_scripted"]
 
 
 def _build(kind: str, shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,3 +71,20 @@ def tri_orientated_orders(spatial_shape: Sequence[int], device: torch.device | s
     for size in spatial_shape:
         length *= int(size)
     return [None, reversed_order(length, device), inter_slice_order(spatial_shape, device)]
+
+
+def tri_orientated_orders_scripted(
+    spatial_shape: List[int], device: torch.device
+) -> List[Optional[Tuple[torch.Tensor, torch.Tensor]]]:
+    """:func:`tri_orientated_orders` from torch operations, the form TorchScript compiles (a scripted network builds its
+    orders at every call; the eager network caches them)."""
+    length = 1
+    for size in spatial_shape:
+        length *= size
+    reverse = torch.arange(length - 1, -1, -1, device=device)
+    tokens = torch.arange(length, device=device)
+    slices = spatial_shape[0]
+    # the inter-slice order transposes (D, H*W) to (H*W, D); its inverse transposes back
+    inter_slice = tokens.reshape(slices, length // slices).t().reshape(-1)
+    inter_slice_inverse = tokens.reshape(length // slices, slices).t().reshape(-1)
+    return [None, (reverse, reverse), (inter_slice, inter_slice_inverse)]

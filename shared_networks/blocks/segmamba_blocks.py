@@ -21,7 +21,7 @@ import torch.nn as nn
 from monai.networks.layers import Conv, Norm
 
 from shared_networks.blocks.mamba import Mamba
-from shared_networks.blocks.scan_orders import tri_orientated_orders
+from shared_networks.blocks.scan_orders import tri_orientated_orders, tri_orientated_orders_scripted
 from shared_networks.utils import look_up_argument
 
 __all__ = [
@@ -81,7 +81,8 @@ class GatedSpatialConvolution(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gate == "multiply":
+        # hasattr rather than self.gate: TorchScript then compiles only the branch whose modules exist
+        if hasattr(self, "fuse"):
             return x + self.fuse(self.spatial_branch(x) * self.gate_branch(x))
         spatial = self.nonliner(self.norm(self.proj(x)))
         spatial = self.nonliner2(self.norm2(self.proj2(spatial)))
@@ -108,9 +109,12 @@ class TriOrientatedMambaLayer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, *spatial = x.shape
+        batch, channels, spatial = x.shape[0], x.shape[1], list(x.shape[2:])
         tokens = x.reshape(batch, channels, -1).transpose(1, 2)
-        orders = tri_orientated_orders(spatial, x.device)
+        if torch.jit.is_scripting():
+            orders = tri_orientated_orders_scripted(spatial, x.device)
+        else:
+            orders = tri_orientated_orders(spatial, x.device)
         out = self.mamba(self.norm(tokens), scan_orders=orders)
         return out.transpose(1, 2).reshape(x.shape) + x
 
@@ -155,7 +159,7 @@ class FeatureUncertaintyEstimation(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean = torch.sigmoid(x.mean(dim=1, keepdim=True))
-        uncertainty = -mean * torch.log(mean.clamp_min(torch.finfo(mean.dtype).tiny))
+        uncertainty = -torch.xlogy(mean, mean)  # m log m, 0 where m underflows to 0
         return x + x * (1.0 - uncertainty)
 
 
@@ -213,13 +217,14 @@ class SegMambaEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outs = []
-        for i, stage in enumerate(self.stages):
-            x = self.downsample_layers[i](x)
-            if self.mode == "release":
-                x = stage(self.gscs[i](x))
+        if hasattr(self, "gscs"):  # release mode (see GatedSpatialConvolution.forward for why hasattr)
+            layers = zip(self.downsample_layers, self.gscs, self.stages, self.output_norms, self.mlps)
+            for downsample, gsc, stage, output_norm, mlp in layers:
+                x = stage(gsc(downsample(x)))
                 # The output branch is normalised; the main path continues with the un-normalised x.
-                outs.append(self.mlps[i](self.output_norms[i](x)))
-            else:
-                x = stage(x)
+                outs.append(mlp(output_norm(x)))
+        else:
+            for downsample, stage in zip(self.downsample_layers, self.stages):
+                x = stage(downsample(x))
                 outs.append(self.uncertainty(x))
         return outs

@@ -40,12 +40,12 @@ __all__ = [
     "UMambaLayer",
     "UMambaResidualEncoder",
     "UMambaResidualDecoder",
+    "in_full_precision",
     "mamba_over_spatial_tokens",
     "per_axis",
 ]
 
 _NEGATIVE_SLOPE = 1e-2  # nn.LeakyReLU's default, as nnU-Net's plans use it
-_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def per_axis(value: int | Sequence[int], spatial_dims: int, name: str = "value") -> tuple[int, ...]:
@@ -211,12 +211,18 @@ def mamba_over_spatial_tokens(norm: nn.Module, mamba: nn.Module, x: torch.Tensor
     half-precision Mamba activations (the January-2024 layer casts float16, the later 3D one bfloat16 too). Other
     dtypes pass unchanged.
     """
-    if x.dtype in _HALF_DTYPES:
-        x = x.float()
+    x = in_full_precision(x)
     if torch.is_autocast_enabled(x.device.type):
         with torch.autocast(x.device.type, enabled=False):
             return _mix_tokens(norm, mamba, x)
     return _mix_tokens(norm, mamba, x)
+
+
+def in_full_precision(x: torch.Tensor) -> torch.Tensor:
+    """A float16 / bfloat16 tensor cast to float32; other dtypes unchanged."""
+    if x.dtype == torch.float16 or x.dtype == torch.bfloat16:
+        return x.float()
+    return x
 
 
 def _mix_tokens(norm: nn.Module, mamba: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -244,7 +250,12 @@ class UMambaLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim < 3 or x.shape[1] != self.dim:
-            raise ValueError(f"UMambaLayer expects (batch, {self.dim}, *spatial), got {tuple(x.shape)}.")
+            raise ValueError(f"UMambaLayer expects (batch, {self.dim}, *spatial), got {list(x.shape)}.")
+        if torch.jit.is_scripting():
+            # TorchScript cannot switch autocast off (nor pass modules to mamba_over_spatial_tokens); a scripted
+            # network is not run under autocast, and the cast keeps the layer in full precision all the same
+            x = in_full_precision(x)
+            return self.mamba(self.norm(x.flatten(2).transpose(1, 2))).transpose(1, 2).reshape(x.shape)
         return mamba_over_spatial_tokens(self.norm, self.mamba, x)
 
 
@@ -308,11 +319,14 @@ class UMambaResidualEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
         skips = []
-        for s, stage in enumerate(self.stages):
-            x = stage(x)
-            if self.mamba_layers is not None:
-                x = self.mamba_layers[s](x)
-            skips.append(x)
+        if self.mamba_layers is None:
+            for stage in self.stages:
+                x = stage(x)
+                skips.append(x)
+        else:
+            for stage, mamba_layer in zip(self.stages, self.mamba_layers):
+                x = mamba_layer(stage(x))
+                skips.append(x)
         return skips
 
 
@@ -371,7 +385,7 @@ class UMambaResidualDecoder(nn.Module):
         self.transpconvs = nn.ModuleList(transpconvs)
         self.seg_layers = nn.ModuleList(seg_layers)
 
-    def forward(self, skips: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    def forward(self, skips: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         every_head = self.deep_supervision and self.training
         x = skips[-1]
         outputs = []

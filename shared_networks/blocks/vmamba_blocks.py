@@ -27,6 +27,7 @@ from shared_networks.blocks.ssm_init import (
     ssm_skip,
 )
 from shared_networks.ssm import selective_scan
+from shared_networks.ssm.scripted import selective_scan_scripted
 from shared_networks.utils import look_up_argument
 
 __all__ = [
@@ -133,16 +134,18 @@ class SS2D(nn.Module):
         # One scan over 4 * d_inner channels; group k of B/C serves the channels of direction k. The dt bias goes
         # into the scan. As in VMamba, the scan and its output are float32 under fp16 / bf16 autocast.
         dtype = torch.promote_types(xs.dtype, torch.float32)
-        y = selective_scan(
-            xs.to(dtype).reshape(batch, -1, length),
-            dts.to(dtype).reshape(batch, -1, length),
-            -torch.exp(self.A_logs.to(dtype)),
-            b.to(dtype),
-            c.to(dtype),
-            D=self.Ds.to(dtype),
-            delta_bias=self.dt_projs_bias.to(dtype).reshape(-1),
-            delta_softplus=True,
-        ).reshape(batch, 4, channels, length)
+        u = xs.to(dtype).reshape(batch, -1, length)
+        delta = dts.to(dtype).reshape(batch, -1, length)
+        a = -torch.exp(self.A_logs.to(dtype))
+        delta_bias = self.dt_projs_bias.to(dtype).reshape(-1)
+        if torch.jit.is_scripting():
+            b, c = b.to(dtype), c.to(dtype)
+            y = selective_scan_scripted(u, delta, a, b, c, self.Ds.to(dtype), None, delta_bias, True)
+        else:
+            y = selective_scan(
+                u, delta, a, b.to(dtype), c.to(dtype), D=self.Ds.to(dtype), delta_bias=delta_bias, delta_softplus=True
+            )
+        y = y.reshape(batch, 4, channels, length)
         y_rows = y[:, 0] + y[:, 2].flip(-1)
         y_columns = y[:, 1] + y[:, 3].flip(-1)
         y_columns = y_columns.reshape(batch, channels, width, height).transpose(2, 3).reshape(batch, channels, length)
@@ -151,7 +154,7 @@ class SS2D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, H, W, d_model) -> (batch, H, W, d_model)."""
         if x.ndim != 4 or x.shape[-1] != self.d_model:
-            raise ValueError(f"SS2D expects (batch, H, W, C={self.d_model}) channels-last input, got {tuple(x.shape)}.")
+            raise ValueError(f"SS2D expects (batch, H, W, C={self.d_model}) channels-last input, got {list(x.shape)}.")
         batch, height, width, _ = x.shape
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
@@ -220,7 +223,7 @@ class PatchMerging2D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, H, W, C) -> (batch, H / 2, W / 2, 2C); H and W must be even."""
         if x.shape[1] % 2 or x.shape[2] % 2:
-            raise ValueError(f"PatchMerging2D needs an even height and width, got {tuple(x.shape[1:3])}.")
+            raise ValueError(f"PatchMerging2D needs an even height and width, got {list(x.shape[1:3])}.")
         phases = [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]]
         return self.reduction(self.norm(torch.cat(phases, dim=-1)))
 
@@ -317,11 +320,11 @@ class VMambaEncoder(nn.Module):
         """The stages from the patch embedding's output, (batch, H / patch, W / patch, dims[0]) channels-last (where
         masked image modelling replaces masked tokens)."""
         features = []
-        for i, layer in enumerate(self.layers):
+        for layer, downsample in zip(self.layers, self.downsamples):  # every stage but the last merges its output
             x = layer(x)
             features.append(x.permute(0, 3, 1, 2))
-            if i < len(self.downsamples):
-                x = self.downsamples[i](x)
+            x = downsample(x)
+        features.append(self.layers[-1](x).permute(0, 3, 1, 2))
         return features
 
 
@@ -371,18 +374,21 @@ class SwinUMambaDecoder(nn.Module):
         self.stages.append(nn.Identity())
         self.seg_layers.append(nn.Conv2d(features[0], num_classes, kernel_size=1))
 
-    def forward(self, skips: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    def forward(self, skips: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         """``skips``: the encoder features channels-first, shallowest first. Returns the full-resolution logits, or
         with deep supervision the list of every head's logits, finest first."""
         x = skips[-1].permute(0, 2, 3, 1)
         outputs = []
-        last = len(self.stages) - 1
         every_head = self.deep_supervision and self.training
-        for s, (expand, stage) in enumerate(zip(self.expand_layers, self.stages)):
-            x = expand(x)
-            if s < last:
-                x = self.concat_back_dim[s](torch.cat([x, skips[-(s + 2)].permute(0, 2, 3, 1)], dim=-1))
+        # every level but the last (the 4x expansion to full resolution) concatenates a skip; zip stops there
+        levels = zip(self.expand_layers, self.concat_back_dim, self.stages, self.seg_layers)
+        for s, (expand, concat_back_dim, stage, seg_layer) in enumerate(levels):
+            x = concat_back_dim(torch.cat([expand(x), skips[-(s + 2)].permute(0, 2, 3, 1)], dim=-1))
             x = stage(x)
-            if every_head or s == last:
-                outputs.append(self.seg_layers[s](x.permute(0, 3, 1, 2)))
-        return outputs[::-1] if every_head else outputs[-1]
+            if every_head:
+                outputs.append(seg_layer(x.permute(0, 3, 1, 2)))
+        x = self.stages[-1](self.expand_layers[-1](x))
+        outputs.append(self.seg_layers[-1](x.permute(0, 3, 1, 2)))
+        if every_head:
+            return outputs[::-1]
+        return outputs[-1]

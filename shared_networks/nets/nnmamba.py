@@ -25,7 +25,8 @@ from shared_networks.utils import check_network_input, look_up_argument
 
 __all__ = ["nnMambaSeg", "nnMambaClassifier"]
 
-_DIVISOR = 16  # four stride-2 steps: stem and three residual stages
+# The input check divides by 16 (four stride-2 steps: stem and three residual stages); a literal there, as TorchScript
+# reads no module-level ints.
 _SEG_MAMBA_LAYERS = ("miccss", "nnunet")
 
 
@@ -118,10 +119,10 @@ class nnMambaSeg(nn.Module):
 
     @staticmethod
     def _up(x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
+        return F.interpolate(x, scale_factor=2.0, mode="trilinear", align_corners=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        check_network_input("nnMambaSeg", x, self.in_channels, "DHW", _DIVISOR)
+        check_network_input("nnMambaSeg", x, self.in_channels, "DHW", 16)
         c1 = self.in_conv(x)
         c2 = self.layer1(c1)
         c3 = self.layer2(c2)
@@ -130,9 +131,10 @@ class nnMambaSeg(nn.Module):
         c6 = self.conv6(torch.cat([self._up(c5), self.att2(c2)], dim=1))
         c7 = self.conv7(torch.cat([self._up(c6), self.att1(c1)], dim=1))
         c8 = self.conv8(self._up(c7))
-        if not (self.deep_supervision and self.training):
-            return c8
-        return [c8, self.ds1_cls_conv(c7), self.ds2_cls_conv(c6), self.ds3_cls_conv(c5)]
+        # hasattr: TorchScript compiles the heads only where they were built
+        if hasattr(self, "ds1_cls_conv") and self.deep_supervision and self.training:
+            return [c8, self.ds1_cls_conv(c7), self.ds2_cls_conv(c6), self.ds3_cls_conv(c5)]
+        return c8
 
 
 _CLASSIFIER_MODES = ("paper", "release")
@@ -200,14 +202,14 @@ class nnMambaClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 5 or x.shape[1] != self.in_channels:
             raise ValueError(
-                f"nnMambaClassifier expects a (batch, {self.in_channels}, D, H, W) input, got shape {tuple(x.shape)}."
+                f"nnMambaClassifier expects a (batch, {self.in_channels}, D, H, W) input, got shape {list(x.shape)}."
             )
         c1 = self.in_conv(x)
         c2 = self.layer1(self.mamba_layer_stem(c1) + c1)
         c3 = self.layer2(c2)
         c4 = self.layer3(c3)
         pooled = [self.pooling(c).flatten(1) for c in (c2, c3, c4)]
-        if self.mode == "paper":
+        if hasattr(self, "mamba_seq"):  # paper mode (hasattr: TorchScript compiles the branch only where it exists)
             features = self.mamba_seq(pooled).flatten(1)  # row-major over (2C rows, 7 tokens), as released
         else:
             features = torch.cat(pooled, dim=1)

@@ -99,12 +99,17 @@ class SegMamba(nn.Module):
         self.out = UnetOutBlock(spatial_dims, f0, out_channels)
 
     def forward(self, x_in: torch.Tensor) -> torch.Tensor:
-        spatial = x_in.shape[2:]
+        spatial = list(x_in.shape[2:])
         # the bottleneck is at 1/16 of the input, and its InstanceNorm needs more than one voxel
-        if len(spatial) != self.spatial_dims or any(s % 16 for s in spatial) or max(spatial, default=0) < 32:
+        divisible = len(spatial) == self.spatial_dims
+        largest = 0
+        for size in spatial:
+            divisible = divisible and size % 16 == 0
+            largest = max(largest, size)
+        if not divisible or largest < 32:
             raise ValueError(
                 f"SegMamba needs a (batch, channels, *spatial) input with {self.spatial_dims} spatial sizes divisible "
-                f"by 16 (four stride-2 stages), not all 16, e.g. 64, 96 or 128; got spatial size {tuple(spatial)}."
+                f"by 16 (four stride-2 stages), not all 16, e.g. 64, 96 or 128; got spatial size {list(spatial)}."
             )
         outs = self.vit(x_in)
         enc1 = self.encoder1(x_in)

@@ -44,7 +44,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_DIVISOR = 32  # five halvings: stem / patch embedding and four stages
+# The input checks divide by 32 (five halvings: stem / patch embedding and four stages); a literal there, as
+# TorchScript reads no module-level ints.
 
 
 def _check_2d(network: str, spatial_dims: int) -> None:
@@ -58,8 +59,6 @@ def _check_2d(network: str, spatial_dims: int) -> None:
 class _FreezableEncoderMixin:
     """``freeze_encoder`` / ``unfreeze_encoder`` as released: every VMamba encoder parameter except the patch
     embedding's stops (or restarts) receiving gradients."""
-
-    vssm_encoder: VMambaEncoder
 
     @torch.no_grad()
     def freeze_encoder(self) -> None:
@@ -150,7 +149,7 @@ class SwinUMamba(_FreezableEncoderMixin, nn.Module):
         self.out_layers = nn.ModuleList(UnetOutBlock(2, f[i], out_channels) for i in range(4))
 
     def forward(self, x_in: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        check_network_input("SwinUMamba", x_in, self.in_channels, "HW", _DIVISOR)
+        check_network_input("SwinUMamba", x_in, self.in_channels, "HW", 32)
         stem = self.stem(x_in)
         stages = self.vssm_encoder(stem)
         enc1 = self.encoder1(x_in)
@@ -236,7 +235,7 @@ class SwinUMambaD(_FreezableEncoderMixin, nn.Module):
         self.decoder.deep_supervision = bool(value)
 
     def forward(self, x_in: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        check_network_input("SwinUMambaD", x_in, self.in_channels, "HW", _DIVISOR)
+        check_network_input("SwinUMambaD", x_in, self.in_channels, "HW", 32)
         return self.decoder(self.vssm_encoder(x_in))
 
 
@@ -291,12 +290,12 @@ class SwinUMambaMIM(_FreezableEncoderMixin, nn.Module):
         Returns:
             the reconstruction, (batch, in_channels, H, W).
         """
-        check_network_input("SwinUMambaMIM", x, self.in_channels, "HW", _DIVISOR)
+        check_network_input("SwinUMambaMIM", x, self.in_channels, "HW", 32)
         tokens = self.vssm_encoder.patch_embed(x)
         if mask is not None:
             if mask.shape[0] != x.shape[0] or mask.shape[-2:] != x.shape[-2:]:
                 raise ValueError(
-                    f"mask must be (batch, 1, H, W) of the image's size {tuple(x.shape[-2:])}, got {tuple(mask.shape)}."
+                    f"mask must be (batch, 1, H, W) of the image's size {list(x.shape[-2:])}, got {list(mask.shape)}."
                 )
             # the value at each 4x4 token's first pixel, channels-last
             token_mask = mask[:, :1, ::4, ::4].permute(0, 2, 3, 1).to(tokens.dtype)

@@ -31,6 +31,7 @@ from shared_networks.blocks.umamba_blocks import (
     UMambaBasicBlockD,
     UMambaResidualDecoder,
     UMambaResidualEncoder,
+    in_full_precision,
     mamba_over_spatial_tokens,
     per_axis,
 )
@@ -75,6 +76,7 @@ class _UMamba(nn.Module):
     """The part both variants share: argument checks, encoder, decoder, initialisation and the input check."""
 
     _name = "UMamba"
+    __constants__ = ["_name"]  # TorchScript reads class attributes only as constants
 
     def __init__(
         self,
@@ -131,8 +133,11 @@ class _UMamba(nn.Module):
 
     def _check_input(self, x: torch.Tensor) -> None:
         check_network_input(self._name, x, self.in_channels, self.axes, 1)
-        sizes = tuple(x.shape[2:])
-        if any(size % divisor for size, divisor in zip(sizes, self.divisors)):
+        sizes = list(x.shape[2:])
+        divisible = True
+        for index, divisor in enumerate(self.divisors):
+            divisible = divisible and sizes[index] % divisor == 0
+        if not divisible:
             raise ValueError(
                 f"{self._name} needs spatial sizes {self.axes} divisible by {self.divisors} (the product of the "
                 f"strides per axis), got {sizes}. Crop or pad the input, or use a sliding-window inferer with such "
@@ -203,7 +208,11 @@ class UMambaBot(_UMamba):
         self.mamba = Mamba(d_model=channels, d_state=16, d_conv=4, expand=2)
 
     def _bottleneck(self, skips: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [*skips[:-1], mamba_over_spatial_tokens(self.ln, self.mamba, skips[-1])]
+        if torch.jit.is_scripting():
+            # as in UMambaLayer.forward
+            x = in_full_precision(skips[-1])
+            return skips[:-1] + [self.mamba(self.ln(x.flatten(2).transpose(1, 2))).transpose(1, 2).reshape(x.shape)]
+        return skips[:-1] + [mamba_over_spatial_tokens(self.ln, self.mamba, skips[-1])]
 
 
 class UMambaEnc(_UMamba):

@@ -6,8 +6,10 @@ Selective-scan core of the Mamba layers: the S6 scan and the causal depthwise co
 causal-conv1d CUDA kernels, a compiled C++ CPU kernel or pure PyTorch (see :mod:`shared_networks.ssm.backends`).
 """
 
-# importing cpp_scan registers torch.ops.shared_networks.* (no compilation), which traced/exported models call
+# importing cpp_scan and scripted registers torch.ops.shared_networks.* (no compilation), which scripted, traced and
+# exported models call
 from shared_networks.ssm import cpp_scan as _cpp_scan  # noqa: F401
+from shared_networks.ssm import scripted as _scripted  # noqa: F401
 from shared_networks.ssm.backends import available_backends, causal_conv1d_backend, selective_scan_backend
 from shared_networks.ssm.causal_conv1d import causal_conv1d
 from shared_networks.ssm.selective_scan import selective_scan

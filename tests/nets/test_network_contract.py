@@ -5,7 +5,8 @@
 The contract every network exported by ``shared_networks.nets`` keeps, at small sizes on CPU: output shapes over a
 matrix of input sizes and channel counts, a strict state-dict round trip (through ``torch.save`` / ``weights_only``
 loading) that reproduces the output, ``torch.jit.trace`` and ``torch.export`` equal to eager on an input they were not
-built with, and the ``torch`` and ``cpp`` scan backends giving the same output (relative error <= 1e-4).
+built with, ``torch.jit.script`` equal to eager (outputs and gradients, also after ``torch.jit.save`` / ``load``), and
+the ``torch`` and ``cpp`` scan backends giving the same output (relative error <= 1e-4).
 
 A new network joins by being exported and given an entry in ``CONTRACT_CASES`` (small constructor arguments and the
 input sizes to try); an exported network without an entry fails ``test_every_exported_network_has_cases``.
@@ -145,6 +146,34 @@ def test_trace_and_export_equal_eager(case: ContractCase):
     exported = torch.export.export(net, (example,))
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(other), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif("cpp" not in available_backends("cpu"), reason="scripted networks scan with the C++ kernel")
+@pytest.mark.parametrize("case", CASE_PARAMS)
+def test_script_equals_eager_after_save_and_load(case: ContractCase):
+    net = case.build()
+    scripted = torch.jit.script(net)
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    with torch.no_grad():
+        for spatial in case.spatial_sizes:
+            x = case.input(spatial, seed=3)
+            expected = net(x)
+            torch.testing.assert_close(scripted(x), expected, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(loaded(x), expected, rtol=1e-5, atol=1e-6)
+    # the scripted scan's backward (the C++ kernel's, through its operator) gives eager's gradients
+    x = case.input(case.spatial_sizes[0], seed=4).requires_grad_(True)
+    parameters = [p for p in net.parameters() if p.requires_grad]
+    # (allow_unused: in eval mode the deep-supervision heads take no part)
+    eager_grads = torch.autograd.grad(net(x).square().mean(), [x, *parameters], allow_unused=True)
+    scripted_grads = torch.autograd.grad(scripted(x).square().mean(), [x, *parameters], allow_unused=True)
+    assert eager_grads[0] is not None
+    for eager_grad, scripted_grad in zip(eager_grads, scripted_grads):
+        assert (eager_grad is None) == (scripted_grad is None)
+        if eager_grad is not None:
+            torch.testing.assert_close(scripted_grad, eager_grad, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.skipif("cpp" not in available_backends("cpu"), reason="the C++ scan kernel did not build here")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from shared_networks.blocks import Mamba, TriOrientatedMambaLayer, inter_slice_order
+from shared_networks.blocks.scan_orders import tri_orientated_orders_scripted
 from shared_networks.blocks.segmamba_blocks import FeatureUncertaintyEstimation, GatedSpatialConvolution
 from shared_networks.nets import SegMamba
 
@@ -161,6 +162,18 @@ def test_inter_slice_order_is_the_release_permutation(shape):
     assert torch.equal(tokens[..., perm], volume.permute(0, 1, 3, 4, 2).flatten(2))
     assert torch.equal(tokens[..., perm], release_inter_slice(tokens, shape[0]))
     assert torch.equal(tokens[..., perm][..., inv], tokens)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5), (8, 8, 8), (2, 6, 4)])
+def test_scripted_orders_are_the_release_permutations(shape):
+    """The orders a scripted SegMamba builds with torch ops: forward, flipped, and the release's inter-slice one."""
+    orders = torch.jit.script(tri_orientated_orders_scripted)(list(shape), torch.device("cpu"))
+    tokens = torch.randn(2, 3, *shape).flatten(2)
+    assert orders[0] is None
+    (reverse, reverse_inverse), (inter, inter_inverse) = orders[1], orders[2]
+    assert torch.equal(tokens[..., reverse], tokens.flip(-1)) and torch.equal(reverse_inverse, reverse)
+    assert torch.equal(tokens[..., inter], release_inter_slice(tokens, shape[0]))
+    assert torch.equal(tokens[..., inter][..., inter_inverse], tokens)
 
 
 def test_tri_orientated_equals_sum_of_three_explicit_scans():

@@ -445,7 +445,7 @@ def test_from_plans_refuses_what_it_cannot_read(tmp_path):
 def test_input_checks(network):
     net = network(**SMALL_3D)
     assert net.divisors == (2, 4, 4)
-    with pytest.raises(ValueError, match=r"divisible by \(2, 4, 4\).*got \(5, 8, 10\)"):
+    with pytest.raises(ValueError, match=r"divisible by \(2, 4, 4\).*got \[5, 8, 10\]"):
         net(torch.randn(1, 2, 5, 8, 10))
     with pytest.raises(ValueError, match=r"expects a \(batch, 2, D, H, W\) input"):
         net(torch.randn(1, 3, 4, 8, 8))

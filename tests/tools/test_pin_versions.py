@@ -18,6 +18,7 @@ import pytest
 from conftest import BUNDLES_DIR, build_package, import_ci_script
 
 pin_versions = import_ci_script("pin_versions")
+zoo_requirements = import_ci_script("verify_bundles").zoo_requirements
 
 
 def test_every_bundle_states_the_listed_versions(capsys):
@@ -64,15 +65,6 @@ def test_bad_lists_are_refused_naming_the_line(tmp_path):
     with pytest.raises(ValueError, match="meta.json needs scipy, which tested_versions.txt does not list"):
         pin_versions.pinned_metadata(metadata, {"torch": "2.13.0", "monai": "1.6.1", "numpy": "2.2.6"}, "0.1.0",
                                      "meta.json")
-
-
-def zoo_requirements(metadata: dict) -> list[str]:
-    """The lines the Model Zoo's ``ci/get_bundle_requirements.py`` writes for a bundle."""
-    lines = [f"monai=={metadata['monai_version']}", f"torch=={metadata['pytorch_version']}",
-             f"numpy=={metadata['numpy_version']}"]
-    for field in ("optional_packages_version", "required_packages_version"):
-        lines += [f"{name}=={version}" for name, version in (metadata.get(field) or {}).items()]
-    return lines
 
 
 def python_3_10() -> str | None:
