@@ -12,6 +12,9 @@ on precomputed ``exp(delta * A)`` and ``delta * B * u``):
   input size and never the batch x dim x L x N tensor);
 - forward + backward at L 32768 against autograd through the loop (target >= 20x);
 - the memory copy bandwidth of this machine and the bytes the scan must move (the bandwidth floor);
+- beside them, when installed, ``mambapy`` 1.2 (a pure-PyTorch parallel scan on PyPI), the peer of the ``torch``
+  backend (targets: cpp forward+backward at most 3.5x its own forward and >= 30x faster than mambapy; torch backend
+  >= 3x faster than mambapy);
 - the time to build the C++ extension from scratch (in a subprocess with an empty extensions directory) and to load
   it from the cache.
 
@@ -59,6 +62,31 @@ def reference_loop(**inputs: torch.Tensor) -> torch.Tensor:
     """The sequential reference scan of :mod:`shared_networks.ssm.reference` (mamba-ssm's ``selective_scan_ref``
     algorithm) in float32, with the benchmark's softplus."""
     return selective_scan_ref(**inputs, delta_softplus=True)[0]
+
+
+PEER_MEMORY_LIMIT = 8 * 2**30
+
+
+def mambapy_peer() -> Optional[Callable[..., torch.Tensor]]:
+    """The same scan through ``mambapy`` 1.2 (its parallel scan ``mambapy.pscan.pscan`` over the materialised
+    (batch, L, dim, N) tensors, as its ``MambaBlock.selective_scan`` does), in this benchmark's layouts; None when
+    mambapy is not installed (``pip install mambapy==1.2.0``)."""
+    try:
+        from mambapy.pscan import pscan
+    except ImportError:
+        return None
+
+    def scan(u, delta, A, B, C, D, delta_bias, **_):
+        # mambapy's pscan pads L to a power of two inside; its inputs are (batch, L, dim, N)
+        dt = torch.nn.functional.softplus(delta + delta_bias[:, None]).transpose(1, 2)  # (batch, L, dim)
+        x = u.transpose(1, 2)
+        decay = torch.exp(dt.unsqueeze(-1) * A)
+        drive = dt.unsqueeze(-1) * B.transpose(1, 2).unsqueeze(2) * x.unsqueeze(-1)
+        states = pscan(decay, drive)
+        y = (states @ C.transpose(1, 2).unsqueeze(-1)).squeeze(-1) + D * x
+        return y.transpose(1, 2)
+
+    return scan
 
 
 def timed(fn: Callable[[], object], repeats: int = 1) -> Tuple[float, object]:
@@ -181,6 +209,9 @@ def main() -> None:
     bandwidth = copy_bandwidth()
     print(f"memory copy bandwidth (512 MiB clone, read+write): {bandwidth / 1e9:.2f} GB/s")
 
+    peer = mambapy_peer()
+    print("peer: mambapy 1.2 (parallel scan)" if peer else "peer: mambapy not installed (pip install mambapy==1.2.0)")
+
     # ---- forward ----
     inputs = make_inputs(batch, dim, dstate, length)
     moved = sum(inputs[k].numel() * 4 for k in ("u", "delta", "B", "C")) + batch * dim * length * 4  # + output
@@ -198,6 +229,14 @@ def main() -> None:
             error = rel_error(out[..., :ref_steps], ref_out)
             rows.append([f"{backend} backend", f"{seconds:.3f}", f"{ref_full / seconds:.1f}",
                          f"{seconds / floor:.1f}", f"{error:.1e}"])
+        # the peer holds about six (batch, L, dim, N) float32 tensors at once
+        peer_bytes = 6 * batch * length * dim * dstate * 4
+        if peer is not None and peer_bytes > PEER_MEMORY_LIMIT:
+            rows.append(["mambapy 1.2 pscan (peer)", f"skipped: needs ~{peer_bytes / 2**30:.0f} GiB", "-", "-", "-"])
+        elif peer is not None:
+            seconds, out = timed(lambda: peer(**inputs), 1)
+            rows.append(["mambapy 1.2 pscan (peer)", f"{seconds:.3f}", f"{ref_full / seconds:.1f}",
+                         f"{seconds / floor:.1f}", f"{rel_error(out[..., :ref_steps], ref_out):.1e}"])
     print_table(
         f"forward, batch {batch}, dim {dim}, N {dstate}, L {length}, fp32, softplus+bias+D "
         f"(scan moves {moved / 1e6:.0f} MB: bandwidth floor {floor * 1e3:.1f} ms)",
@@ -231,16 +270,29 @@ def main() -> None:
     ref_seconds = forward_backward(prefix, reference_loop)
     ref_full = ref_seconds * fb_length / ref_fb_steps
     rows = [[f"autograd through the loop (timed on {ref_fb_steps} steps, x{fb_length / ref_fb_steps:.0f} "
-             "extrapolated)", f"{ref_full:.2f}", "1.0"]]
-    for backend in backends:
-        forward_backward(prefix, lambda **kw: selective_scan(**kw, delta_softplus=True, backend=backend))
-        seconds = min(
-            forward_backward(inputs, lambda **kw: selective_scan(**kw, delta_softplus=True, backend=backend))
-            for _ in range(2 if backend == default else 1)
-        )
-        rows.append([f"{backend} backend", f"{seconds:.3f}", f"{ref_full / seconds:.1f}"])
+             "extrapolated)", f"{ref_full:.2f}", "1.0", "-", "-"]]
+    def with_backend(backend: str) -> Callable[..., torch.Tensor]:
+        return lambda **kw: selective_scan(**kw, delta_softplus=True, backend=backend)
+
+    implementations = [(f"{backend} backend", with_backend(backend)) for backend in backends]
+    if peer is not None:
+        implementations.append(("mambapy 1.2 pscan (peer)", peer))
+    fb_seconds = {}
+    for name, fn in implementations:
+        forward_backward(prefix, fn)  # warm-up
+        repeats = 10 if name == f"{default} backend" else 1  # milliseconds each: the best of several
+        seconds = min(forward_backward(inputs, fn) for _ in range(repeats))
+        with torch.no_grad():
+            forward, _ = timed(lambda: fn(**inputs), repeats)
+        fb_seconds[name] = seconds
+        rows.append([name, f"{seconds:.3f}", f"{ref_full / seconds:.1f}", f"{seconds / forward:.2f}",
+                     f"{fb_seconds.get('mambapy 1.2 pscan (peer)', float('nan')) / seconds:.1f}"])
+    if peer is not None:  # the peer ran last: fill in the ratios to it
+        for row in rows[1:]:
+            row[4] = f"{fb_seconds['mambapy 1.2 pscan (peer)'] / float(row[1]):.1f}"
     print_table(f"forward + backward, batch {batch}, dim {dim}, N {dstate}, L {fb_length}, fp32",
-                ["implementation", "seconds", "speed-up vs loop"], rows)
+                ["implementation", "seconds", "speed-up vs loop", "x its own no-grad forward", "speed-up vs mambapy"],
+                rows)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,12 @@
 //   h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t,  y_t = <C_t, h_t> + D * u_t,  out = y * silu(z)
 // acc_t is float (double for double inputs): the state and every sum are kept in acc_t.
 //
-// Work is split with at::parallel_for (OpenMP). The forward pass runs kLanes channels of a group together, one per
-// SIMD lane, so the whole recurrence is lane-wise; it can store the state at every kChunk-step boundary. The backward
-// pass walks each (batch, channel) row backwards chunk by chunk: it recomputes the chunk's states from the stored
-// one, with exponentials and inputs in (N, kChunk) buffers whose time axis is contiguous (those loops vectorise),
-// and runs the reverse recurrence. Gradients of B and C, which the channels of a group share, go to
-// per-work-item partial buffers that are summed afterwards (no atomics, no races). The build adds -mavx2/-mfma
-// (or AVX-512) flags matching the CPU, see cpp_scan.py.
+// Work is split with at::parallel_for (OpenMP). Both passes run kLanes channels of a group together, one per SIMD
+// lane, so the recurrences are lane-wise. The forward can store the state at every kChunk-step boundary; the backward
+// walks the chunks backwards, recomputes each chunk's states from the stored one and runs the reverse recurrence.
+// Gradients of B and C, which the channels of a group share, are summed over the lanes and go to per-work-item
+// partial buffers that are summed afterwards (no atomics, no races). The build adds -mavx2/-mfma (or AVX-512) flags
+// matching the CPU, see cpp_scan.py.
 
 #include <torch/extension.h>
 #include <ATen/Dispatch.h>
@@ -31,50 +30,15 @@
 
 namespace {
 
+// steps between stored states (the backward recomputes a chunk from the state before it)
 constexpr int64_t kChunk = 256;
-// row stride of the (N, kChunk) buffers: padded so that the N rows do not all map to the same few cache sets
-constexpr int64_t kStride = kChunk + 16;
-// forward pass: channels processed together (SIMD lanes) and steps per block of exponentials; kChunk % kLaneChunk == 0
+// channels processed together (SIMD lanes), and the forward's steps per block of inputs; kChunk % kLaneChunk == 0
 constexpr int64_t kLanes = 8;
 constexpr int64_t kLaneChunk = 64;
 
-// Exponent range of exp_inplace for float: below the smallest normal / above the largest finite result.
+// Exponent range of exp_lanes for float: below the smallest normal / above the largest finite result.
 constexpr float kExpMin = -87.3f;
 constexpr float kExpMax = 88.3f;
-
-// exp(x) for float in [kExpMin, kExpMax]: Cody-Waite range reduction and the minimax polynomial of Cephes' expf
-// (about 1 ulp), without branches or library calls so that loops over it vectorise. NaN stays NaN.
-inline float exp_approx(float x) {
-  // round-to-nearest through the 1.5 * 2^23 shifter (valid for |value| < 2^22, no floor/nearbyint call)
-  const float shifter = 12582912.0f;
-  const float k = (x * 1.44269504088896341f + shifter) - shifter;
-  const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
-
-// Clamps to [kExpMin, kExpMax] (results below the smallest normal float become 2^-126 instead of denormals), in a
-// loop of its own: fused with the polynomial, GCC turns the clamp into branches and stops vectorising.
-void exp_inplace(float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i] < kExpMin ? kExpMin : x[i];
-    x[i] = v > kExpMax ? kExpMax : v;
-  }
-  for (int64_t i = 0; i < n; ++i) x[i] = exp_approx(x[i]);
-}
-
-void exp_inplace(double* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i]);
-}
 
 // kLanes values of acc_t as one GCC/Clang vector: lane-wise arithmetic compiles to SIMD instructions on any target.
 // Heap buffers of them are aligned by hand (aligned_lanes) because std::vector does not honour vector alignment.
@@ -179,52 +143,6 @@ inline LaneVec<double> softplus_lanes(LaneVec<double> v) {
   return v;
 }
 
-// Per-chunk quantities of one (batch, channel) row: step sizes, exp(dt * A) and dt * B * u.
-template <typename scalar_t, typename acc_t>
-struct ChunkInputs {
-  int64_t n_state;
-  std::vector<acc_t> dt, dt_raw, du, decay, drive;
-
-  explicit ChunkInputs(int64_t n)
-      : n_state(n), dt(kChunk), dt_raw(kChunk), du(kChunk), decay(n * kStride), drive(n * kStride) {}
-
-  // fills dt, du, decay[n][t] = exp(dt_t * A_n), drive[n][t] = dt_t * u_t * B[n][t] for t < len
-  void compute(const scalar_t* u, const scalar_t* delta, const acc_t* A, const acc_t* B, int64_t stride_n, int64_t len,
-               acc_t bias, bool use_softplus) {
-    for (int64_t t = 0; t < len; ++t) {
-      const acc_t v = static_cast<acc_t>(delta[t]) + bias;
-      dt_raw[t] = v;
-      dt[t] = use_softplus ? softplus(v) : v;
-      du[t] = dt[t] * static_cast<acc_t>(u[t]);
-    }
-    for (int64_t n = 0; n < n_state; ++n) {
-      acc_t* decay_n = decay.data() + n * kStride;
-      acc_t* drive_n = drive.data() + n * kStride;
-      const acc_t a = A[n];
-      const acc_t* b = B + n * stride_n;
-      for (int64_t t = 0; t < len; ++t) {
-        decay_n[t] = dt[t] * a;
-        drive_n[t] = du[t] * b[t];
-      }
-      exp_inplace(decay_n, len);
-    }
-  }
-};
-
-// states[n][t] = h_t for t < len, starting from state (updated to h_{len-1}); drive may alias states.
-template <typename acc_t, int kN>
-inline void recurrence(const acc_t* decay, const acc_t* drive, acc_t* states, acc_t* state, int64_t n_state,
-                       int64_t len) {
-  const int64_t N = kN > 0 ? kN : n_state;
-  for (int64_t t = 0; t < len; ++t) {
-    for (int64_t n = 0; n < N; ++n) {
-      const acc_t h = decay[n * kStride + t] * state[n] + drive[n * kStride + t];
-      state[n] = h;
-      states[n * kStride + t] = h;
-    }
-  }
-}
-
 struct ScanShape {
   int64_t batch, dim, length, n_state, groups, n_chunks;
 };
@@ -322,121 +240,263 @@ void forward_lanes(const ScanShape& s, const scalar_t* u, const scalar_t* delta,
   });
 }
 
+inline LaneVec<float> sigmoid_lanes(LaneVec<float> v) { return 1.0f / (1.0f + exp_lanes(-v)); }
+
+inline LaneVec<double> sigmoid_lanes(LaneVec<double> v) {
+  for (int64_t j = 0; j < kLanes; ++j) v[j] = sigmoid(v[j]);
+  return v;
+}
+
+template <typename acc_t>
+inline acc_t lane_sum(LaneVec<acc_t> v) {
+  acc_t sum = 0;
+  for (int64_t j = 0; j < kLanes; ++j) sum += v[j];
+  return sum;
+}
+
+static_assert(kLanes == 8, "lane_sums8 reduces 8 vectors of 8 lanes");
+
+// {lane_sum(v[0]), lane_sum(v[stride]), ..., lane_sum(v[7 * stride])} by a shuffle tree (three rounds of pairwise
+// sums) instead of eight horizontal sums.
+template <typename acc_t>
+inline LaneVec<acc_t> lane_sums8(const LaneVec<acc_t>* v, int64_t stride) {
+  using Vec = LaneVec<acc_t>;
+  Vec pairs[4], quads[2];
+  for (int k = 0; k < 4; ++k) {
+    const Vec x = v[2 * k * stride], y = v[(2 * k + 1) * stride];
+    pairs[k] = __builtin_shufflevector(x, y, 0, 8, 2, 10, 4, 12, 6, 14) +
+               __builtin_shufflevector(x, y, 1, 9, 3, 11, 5, 13, 7, 15);
+  }
+  for (int k = 0; k < 2; ++k) {
+    const Vec x = pairs[2 * k], y = pairs[2 * k + 1];
+    quads[k] = __builtin_shufflevector(x, y, 0, 1, 8, 9, 4, 5, 12, 13) +
+               __builtin_shufflevector(x, y, 2, 3, 10, 11, 6, 7, 14, 15);
+  }
+  return __builtin_shufflevector(quads[0], quads[1], 0, 1, 2, 3, 8, 9, 10, 11) +
+         __builtin_shufflevector(quads[0], quads[1], 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+// state indices per register block of the backward's reverse sweep
+constexpr int64_t kStateBlock = 8;
+
+template <typename acc_t>
+struct SweepInputs {
+  int64_t N, L, t0, len;
+  const acc_t* B_row;
+  const acc_t* C_row;
+  const LaneVec<acc_t>* dy;
+  const LaneVec<acc_t>* decay;   // (len, N)
+  const LaneVec<acc_t>* states;  // (len, N)
+  const LaneVec<acc_t>* start;   // (N): the state before the chunk
+  const LaneVec<acc_t>* du;
+  const LaneVec<acc_t>* dt;
+};
+
+// The reverse sweep over one chunk for the state indices [n0, n0 + count) (count == kNB when kNB > 0): carries the
+// gradient of the state, adds the dA, dB, dC terms and the state indices' parts of ddt (through decay) and gB (through
+// drive); the first block (n0 == 0) initialises ddt and gB.
+template <typename acc_t, int kNB>
+inline void reverse_sweep(const SweepInputs<acc_t>& in, int64_t n0, int64_t count, const LaneVec<acc_t>* a_state,
+                          LaneVec<acc_t>* carry_state, LaneVec<acc_t>* dA_state, LaneVec<acc_t>* dB_sum,
+                          LaneVec<acc_t>* dC_sum, LaneVec<acc_t>* ddt, LaneVec<acc_t>* gB) {
+  using Vec = LaneVec<acc_t>;
+  const int64_t NB = kNB > 0 ? kNB : count, N = in.N;
+  Vec a[kStateBlock], carry[kStateBlock], dA[kStateBlock];
+  for (int64_t k = 0; k < NB; ++k) {
+    a[k] = a_state[n0 + k];
+    carry[k] = carry_state[n0 + k];
+    dA[k] = dA_state[n0 + k];
+  }
+  for (int64_t t = in.len - 1; t >= 0; --t) {
+    const Vec* previous = t > 0 ? in.states + (t - 1) * N : in.start;
+    const Vec dy_t = in.dy[t], du_t = in.du[t], dt_t = in.dt[t];
+    Vec ddt_t = n0 == 0 ? Vec{} : ddt[t], gB_t = n0 == 0 ? Vec{} : gB[t];
+    for (int64_t k = 0; k < NB; ++k) {
+      const int64_t n = n0 + k, tn = t * N + n;
+      const acc_t b_tn = in.B_row[n * in.L + in.t0 + t];
+      const Vec decay_tn = in.decay[tn];
+      const Vec gh = dy_t * in.C_row[n * in.L + in.t0 + t] + carry[k];
+      const Vec w = gh * decay_tn * previous[n];
+      dC_sum[tn] += dy_t * in.states[tn];
+      dB_sum[tn] += gh * du_t;
+      ddt_t += a[k] * w;
+      dA[k] += w * dt_t;
+      gB_t += gh * b_tn;
+      carry[k] = gh * decay_tn;
+    }
+    ddt[t] = ddt_t;
+    gB[t] = gB_t;
+  }
+  for (int64_t k = 0; k < NB; ++k) {
+    carry_state[n0 + k] = carry[k];
+    dA_state[n0 + k] = dA[k];
+  }
+}
+
+// Backward pass, vectorised across channels like the forward. A work item is (batch, group, split); a split owns
+// blocks of kLanes channels of the group and its private slice dB_partial / dC_partial[b, g, split]. It walks the
+// chunks backwards; for each chunk every block recomputes its states lane-wise from the stored checkpoint and runs the
+// reverse recurrence lane-wise (its carry, dA, dD and dbias sums persist across chunks). The gradients of B and C,
+// shared by the group's channels, are summed over lanes and blocks in (len, N) vector buffers, and over the lanes once
+// per chunk.
 template <typename scalar_t, typename acc_t, int kN>
-void backward_rows(const ScanShape& s, int64_t splits, const scalar_t* dout, const scalar_t* u, const scalar_t* delta,
-                   const scalar_t* z, const acc_t* A, const acc_t* B, const acc_t* C, const acc_t* D,
-                   const acc_t* delta_bias, bool use_softplus, const acc_t* checkpoints, scalar_t* du,
-                   scalar_t* ddelta, scalar_t* dz, acc_t* dA_partial, acc_t* dB_partial, acc_t* dC_partial,
-                   acc_t* dD_partial, acc_t* dbias_partial) {
-  const int64_t L = s.length, N = s.n_state, dim_per_group = s.dim / s.groups;
-  const int64_t dims_per_split = (dim_per_group + splits - 1) / splits;
-  // work item (b, g, split): the channels [g * dim_per_group + split * dims_per_split, ...) of batch b, which add
-  // their dB/dC into the private slice dB_partial[b, g, split]
+void backward_lanes(const ScanShape& s, int64_t splits, const scalar_t* dout, const scalar_t* u, const scalar_t* delta,
+                    const scalar_t* z, const acc_t* A, const acc_t* B, const acc_t* C, const acc_t* D,
+                    const acc_t* delta_bias, bool use_softplus, const acc_t* checkpoints, scalar_t* du,
+                    scalar_t* ddelta, scalar_t* dz, acc_t* dA_partial, acc_t* dB_partial, acc_t* dC_partial,
+                    acc_t* dD_partial, acc_t* dbias_partial) {
+  const int64_t L = s.length, N = kN > 0 ? kN : s.n_state, dim_per_group = s.dim / s.groups;
+  const int64_t blocks_per_group = (dim_per_group + kLanes - 1) / kLanes;
+  const int64_t blocks_per_split = (blocks_per_group + splits - 1) / splits;
   at::parallel_for(0, s.batch * s.groups * splits, 1, [&](int64_t begin, int64_t end) {
-    ChunkInputs<scalar_t, acc_t> in(N);
-    std::vector<acc_t> states(N * kStride), grad_h(N * kStride), state(N), carry(N);
-    std::vector<acc_t> y(kChunk), dy(kChunk), ddt(kChunk), gB(kChunk), dA_row(N);
+    using Vec = LaneVec<acc_t>;
+    // per block of the split: a, carry, dA (N each), dD and dbias sums (1 each); per chunk: decay, states, dB and dC
+    // sums (kChunk x N each) and the step quantities (kChunk each)
+    const int64_t per_block = 3 * N + 2;
+    std::vector<acc_t> storage((blocks_per_split * per_block + 4 * kChunk * N + 8 * kChunk + N + 1) * kLanes,
+                               acc_t(0));
+    Vec* const block_state = aligned_lanes<acc_t>(storage);
+    Vec* const decay = block_state + blocks_per_split * per_block;
+    Vec* const states = decay + kChunk * N;
+    Vec* const dB_sum = states + kChunk * N;
+    Vec* const dC_sum = dB_sum + kChunk * N;
+    Vec* const dt = dC_sum + kChunk * N;
+    Vec* const dt_raw = dt + kChunk;
+    Vec* const uu = dt_raw + kChunk;
+    Vec* const du_t = uu + kChunk;
+    Vec* const dy = du_t + kChunk;
+    Vec* const zz = dy + kChunk;
+    Vec* const ddt = zz + kChunk;
+    Vec* const gB = ddt + kChunk;
+    Vec* const start = gB + kChunk;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t split = item % splits, bg = item / splits, g = bg % s.groups, b = bg / s.groups;
-      const int64_t d_begin = g * dim_per_group + split * dims_per_split;
-      const int64_t d_end = std::min(d_begin + dims_per_split, (g + 1) * dim_per_group);
+      const int64_t block_begin = split * blocks_per_split;
+      const int64_t block_end = std::min(block_begin + blocks_per_split, blocks_per_group);
+      if (block_begin >= block_end) continue;
       const acc_t* B_row = B + bg * N * L;
       const acc_t* C_row = C + bg * N * L;
       acc_t* dB_row = dB_partial + item * N * L;
       acc_t* dC_row = dC_partial + item * N * L;
-      for (int64_t d = d_begin; d < d_end; ++d) {
-        const int64_t row = b * s.dim + d, offset = row * L;
-        const acc_t bias = delta_bias ? delta_bias[d] : acc_t(0);
-        const acc_t skip = D ? D[d] : acc_t(0);
-        const acc_t* A_d = A + d * N;
-        acc_t dD_sum = 0, dbias_sum = 0;
-        std::fill(carry.begin(), carry.end(), acc_t(0));
-        std::fill(dA_row.begin(), dA_row.end(), acc_t(0));
-        for (int64_t c = s.n_chunks - 1; c >= 0; --c) {
-          const int64_t t0 = c * kChunk, len = std::min(kChunk, L - t0);
-          const acc_t* h_start = checkpoints + (row * s.n_chunks + c) * N;
-          std::copy(h_start, h_start + N, state.begin());
-          in.compute(u + offset + t0, delta + offset + t0, A_d, B_row + t0, L, len, bias, use_softplus);
-          recurrence<acc_t, kN>(in.decay.data(), in.drive.data(), states.data(), state.data(), N, len);
-          // gradient of y_t, and of z_t (needs y_t before gating)
-          for (int64_t t = 0; t < len; ++t) dy[t] = static_cast<acc_t>(dout[offset + t0 + t]);
-          if (z) {
-            for (int64_t t = 0; t < len; ++t) y[t] = skip * static_cast<acc_t>(u[offset + t0 + t]);
+      std::fill(block_state, block_state + blocks_per_split * per_block, Vec{});
+      for (int64_t block = block_begin; block < block_end; ++block) {
+        Vec* const a = block_state + (block - block_begin) * per_block;
+        const int64_t d0 = g * dim_per_group + block * kLanes;
+        const int64_t lanes = std::min<int64_t>(kLanes, (g + 1) * dim_per_group - d0);
+        for (int64_t j = 0; j < lanes; ++j)
+          for (int64_t n = 0; n < N; ++n) a[n][j] = A[(d0 + j) * N + n];
+      }
+      for (int64_t c = s.n_chunks - 1; c >= 0; --c) {
+        const int64_t t0 = c * kChunk, len = std::min(kChunk, L - t0);
+        std::fill(dB_sum, dB_sum + len * N, Vec{});
+        std::fill(dC_sum, dC_sum + len * N, Vec{});
+        for (int64_t block = block_begin; block < block_end; ++block) {
+          Vec* const a = block_state + (block - block_begin) * per_block;
+          Vec* const carry = a + N;
+          Vec* const dA = carry + N;
+          Vec& dD_lanes = dA[N];
+          Vec& dbias_lanes = dA[N + 1];
+          const int64_t d0 = g * dim_per_group + block * kLanes;
+          const int64_t lanes = std::min<int64_t>(kLanes, (g + 1) * dim_per_group - d0);
+          Vec bias{}, skip{};
+          for (int64_t j = 0; j < lanes; ++j) {
+            bias[j] = delta_bias ? delta_bias[d0 + j] : acc_t(0);
+            skip[j] = D ? D[d0 + j] : acc_t(0);
+          }
+          // the block's inputs over the chunk, transposed to (t, lane); unused lanes stay zero (zero state, zero
+          // gradients)
+          if (lanes < kLanes) {
+            for (int64_t t = 0; t < len; ++t) dt_raw[t] = uu[t] = dy[t] = zz[t] = Vec{};
+            for (int64_t n = 0; n < N; ++n) start[n] = Vec{};
+          }
+          for (int64_t j = 0; j < lanes; ++j) {
+            const int64_t row = b * s.dim + d0 + j, offset = row * L + t0;
+            for (int64_t t = 0; t < len; ++t) {
+              dt_raw[t][j] = static_cast<acc_t>(delta[offset + t]) + bias[j];
+              uu[t][j] = static_cast<acc_t>(u[offset + t]);
+              dy[t][j] = static_cast<acc_t>(dout[offset + t]);
+            }
+            if (z)
+              for (int64_t t = 0; t < len; ++t) zz[t][j] = static_cast<acc_t>(z[offset + t]);
+            const acc_t* h_start = checkpoints + (row * s.n_chunks + c) * N;
+            for (int64_t n = 0; n < N; ++n) start[n][j] = h_start[n];
+          }
+          // recompute the chunk's states from its checkpoint
+          for (int64_t t = 0; t < len; ++t) {
+            dt[t] = use_softplus ? softplus_lanes(dt_raw[t]) : dt_raw[t];
+            du_t[t] = dt[t] * uu[t];
+            const Vec* previous = t > 0 ? states + (t - 1) * N : start;
             for (int64_t n = 0; n < N; ++n) {
-              const acc_t* c_n = C_row + n * L + t0;
-              const acc_t* h_n = states.data() + n * kStride;
-              for (int64_t t = 0; t < len; ++t) y[t] += c_n[t] * h_n[t];
-            }
-            for (int64_t t = 0; t < len; ++t) {
-              const acc_t zt = static_cast<acc_t>(z[offset + t0 + t]);
-              const acc_t sig = sigmoid(zt);
-              dz[offset + t0 + t] = static_cast<scalar_t>(dy[t] * y[t] * sig * (acc_t(1) + zt * (acc_t(1) - sig)));
-              dy[t] *= zt * sig;
+              const Vec decay_tn = exp_lanes(dt[t] * a[n]);
+              decay[t * N + n] = decay_tn;
+              states[t * N + n] = decay_tn * previous[n] + du_t[t] * B_row[n * L + t0 + t];
             }
           }
-          // dC and the direct part of grad_h
-          for (int64_t n = 0; n < N; ++n) {
-            const acc_t* c_n = C_row + n * L + t0;
-            const acc_t* h_n = states.data() + n * kStride;
-            acc_t* dc_n = dC_row + n * L + t0;
-            acc_t* gh_n = grad_h.data() + n * kStride;
+          // the gate: dz needs y before gating, and dy becomes the gradient of y
+          if (z) {
             for (int64_t t = 0; t < len; ++t) {
-              dc_n[t] += dy[t] * h_n[t];
-              gh_n[t] = dy[t] * c_n[t];
+              Vec y = skip * uu[t];
+              for (int64_t n = 0; n < N; ++n) y += C_row[n * L + t0 + t] * states[t * N + n];
+              const Vec sig = sigmoid_lanes(zz[t]);
+              const Vec dz_t = dy[t] * y * sig * (acc_t(1) + zz[t] * (acc_t(1) - sig));
+              dy[t] *= zz[t] * sig;
+              for (int64_t j = 0; j < lanes; ++j)
+                dz[(b * s.dim + d0 + j) * L + t0 + t] = static_cast<scalar_t>(dz_t[j]);
             }
           }
-          // reverse recurrence: g_t = dy_t C_t + exp(dt_{t+1} A) g_{t+1}
+          // reverse recurrence g_t = dy_t C_t + exp(dt_{t+1} A) g_{t+1}, with the gradients of every step, in blocks of
+          // kStateBlock state indices whose a, carry and dA stay in registers
           {
-            const int64_t NN = kN > 0 ? kN : N;
-            for (int64_t t = len - 1; t >= 0; --t) {
-              for (int64_t n = 0; n < NN; ++n) {
-                const acc_t gh = grad_h[n * kStride + t] + carry[n];
-                grad_h[n * kStride + t] = gh;
-                carry[n] = gh * in.decay[n * kStride + t];
-              }
+            const SweepInputs<acc_t> in{N, L, t0, len, B_row, C_row, dy, decay, states, start, du_t, dt};
+            for (int64_t n0 = 0; n0 < N; n0 += kStateBlock) {
+              if (N - n0 >= kStateBlock)
+                reverse_sweep<acc_t, kStateBlock>(in, n0, kStateBlock, a, carry, dA, dB_sum, dC_sum, ddt, gB);
+              else
+                reverse_sweep<acc_t, 0>(in, n0, N - n0, a, carry, dA, dB_sum, dC_sum, ddt, gB);
             }
-          }
-          // h_t = decay_t h_{t-1} + dt_t u_t B_t: gradients of dt, u, A, B
-          std::fill(ddt.begin(), ddt.begin() + len, acc_t(0));
-          std::fill(gB.begin(), gB.begin() + len, acc_t(0));
-          for (int64_t n = 0; n < N; ++n) {
-            const acc_t* gh_n = grad_h.data() + n * kStride;
-            const acc_t* h_n = states.data() + n * kStride;
-            const acc_t* decay_n = in.decay.data() + n * kStride;
-            const acc_t* b_n = B_row + n * L + t0;
-            acc_t* db_n = dB_row + n * L + t0;
-            const acc_t a = A_d[n];
-            acc_t da = 0;
-            // t = 0 uses the chunk's start state as h_{t-1}
-            {
-              const acc_t w = gh_n[0] * decay_n[0] * h_start[n];
-              ddt[0] += a * w;
-              da += w * in.dt[0];
-            }
-            for (int64_t t = 1; t < len; ++t) {
-              const acc_t w = gh_n[t] * decay_n[t] * h_n[t - 1];
-              ddt[t] += a * w;
-              da += w * in.dt[t];
-            }
-            for (int64_t t = 0; t < len; ++t) {
-              gB[t] += gh_n[t] * b_n[t];
-              db_n[t] += gh_n[t] * in.du[t];
-            }
-            dA_row[n] += da;
           }
           for (int64_t t = 0; t < len; ++t) {
-            const acc_t ut = static_cast<acc_t>(u[offset + t0 + t]);
-            dD_sum += dy[t] * ut;
-            du[offset + t0 + t] = static_cast<scalar_t>(dy[t] * skip + in.dt[t] * gB[t]);
-            acc_t g_dt = ddt[t] + ut * gB[t];
-            if (use_softplus) g_dt *= sigmoid(in.dt_raw[t]);
-            dbias_sum += g_dt;
-            ddelta[offset + t0 + t] = static_cast<scalar_t>(g_dt);
+            dD_lanes += dy[t] * uu[t];
+            Vec g_dt = ddt[t] + uu[t] * gB[t];
+            if (use_softplus) g_dt *= sigmoid_lanes(dt_raw[t]);
+            dbias_lanes += g_dt;
+            const Vec du_value = dy[t] * skip + dt[t] * gB[t];
+            ddt[t] = g_dt;
+            gB[t] = du_value;
+          }
+          for (int64_t j = 0; j < lanes; ++j) {
+            const int64_t offset = (b * s.dim + d0 + j) * L + t0;
+            for (int64_t t = 0; t < len; ++t) {
+              du[offset + t] = static_cast<scalar_t>(gB[t][j]);
+              ddelta[offset + t] = static_cast<scalar_t>(ddt[t][j]);
+            }
           }
         }
-        for (int64_t n = 0; n < N; ++n) dA_partial[row * N + n] = dA_row[n];
-        dD_partial[row] = dD_sum;
-        dbias_partial[row] = dbias_sum;
+        for (int64_t n = 0; n < N; ++n) {
+          int64_t t = 0;
+          for (; t + kLanes <= len; t += kLanes) {
+            const Vec db = lane_sums8<acc_t>(dB_sum + t * N + n, N), dc = lane_sums8<acc_t>(dC_sum + t * N + n, N);
+            for (int64_t k = 0; k < kLanes; ++k) {
+              dB_row[n * L + t0 + t + k] = db[k];
+              dC_row[n * L + t0 + t + k] = dc[k];
+            }
+          }
+          for (; t < len; ++t) {
+            dB_row[n * L + t0 + t] = lane_sum<acc_t>(dB_sum[t * N + n]);
+            dC_row[n * L + t0 + t] = lane_sum<acc_t>(dC_sum[t * N + n]);
+          }
+        }
+      }
+      for (int64_t block = block_begin; block < block_end; ++block) {
+        const Vec* const dA = block_state + (block - block_begin) * per_block + 2 * N;
+        const int64_t d0 = g * dim_per_group + block * kLanes;
+        const int64_t lanes = std::min<int64_t>(kLanes, (g + 1) * dim_per_group - d0);
+        for (int64_t j = 0; j < lanes; ++j) {
+          const int64_t row = b * s.dim + d0 + j;
+          for (int64_t n = 0; n < N; ++n) dA_partial[row * N + n] = dA[n][j];
+          dD_partial[row] = dA[N][j];
+          dbias_partial[row] = dA[N + 1][j];
+        }
       }
     }
   });
@@ -529,10 +589,10 @@ std::vector<at::Tensor> selective_scan_backward(const at::Tensor& dout, const at
               "checkpoints must come from selective_scan_forward(save_checkpoints=True)");
   const auto acc_options = A.options();
   // enough work items for every thread, but no more partial dB/dC copies than needed
-  const int64_t dim_per_group = s.dim / s.groups;
+  const int64_t blocks_per_group = (s.dim / s.groups + kLanes - 1) / kLanes;
   const int64_t threads = at::get_num_threads();
   const int64_t splits = std::max<int64_t>(
-      1, std::min<int64_t>(dim_per_group, (threads + s.batch * s.groups - 1) / (s.batch * s.groups)));
+      1, std::min<int64_t>(blocks_per_group, (threads + s.batch * s.groups - 1) / (s.batch * s.groups)));
   at::Tensor du = at::empty_like(u), ddelta = at::empty_like(u);
   at::Tensor dz = z.has_value() ? at::empty_like(u) : at::empty({0}, u.options());
   at::Tensor dA_partial = at::empty({s.batch, s.dim, s.n_state}, acc_options);
@@ -541,7 +601,7 @@ std::vector<at::Tensor> selective_scan_backward(const at::Tensor& dout, const at
   at::Tensor dB_partial = at::zeros({s.batch, s.groups, splits, s.n_state, s.length}, acc_options);
   at::Tensor dC_partial = at::zeros({s.batch, s.groups, splits, s.n_state, s.length}, acc_options);
   SCAN_DISPATCH(u, s.n_state, "selective_scan_backward", [&] {
-    backward_rows<scalar_t, acc_t, kN>(
+    backward_lanes<scalar_t, acc_t, kN>(
         s, splits, dout.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(),
         optional_ptr<scalar_t>(z), A.data_ptr<acc_t>(), B.data_ptr<acc_t>(), C.data_ptr<acc_t>(),
         optional_ptr<acc_t>(D), optional_ptr<acc_t>(delta_bias), delta_softplus, checkpoints.data_ptr<acc_t>(),
