@@ -191,8 +191,9 @@ def test_long_sequence_constant_step_is_a_linear_filter(backend):
     assert rel_error(out, torch.from_numpy(expected)) <= 1e-5
 
 
-def test_torch_backend_checkpointed_blocks_match_reference():
-    """The torch backend cuts long sequences into checkpointed blocks when gradients are needed."""
+def test_torch_backend_blocks_match_reference():
+    """With gradients the torch backend cuts the sequence into blocks; its backward recomputes them one at a time and
+    carries the state gradient from block to block."""
     inputs = make_inputs(dim=3, dstate=4, length=333, groups=None, seed=9)
     leaves = {n: inputs[n].clone().requires_grad_() for n in GRAD_NAMES}
     leaves64 = {n: inputs[n].double().requires_grad_() for n in GRAD_NAMES}
