@@ -968,9 +968,12 @@ def _quiet_logs(verbose: bool) -> Iterator[None]:
         return
     root = logging.getLogger()
     saved = root.level, logging.getLogger("monai").level
+    # ckpt_export and the bundles' logging.conf attach their own INFO handlers; only warnings and errors get through
+    logging.disable(logging.INFO)
     try:
         yield
     finally:
+        logging.disable(logging.NOTSET)
         root.setLevel(saved[0])
         logging.getLogger("monai").setLevel(saved[1])
 
