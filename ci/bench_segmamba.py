@@ -5,9 +5,14 @@
 the sequential reference scan (the algorithm of mamba-ssm's ``selective_scan_ref``), measured in one run.
 
 Each variant runs in its own subprocess so that the peak resident memory (ru_maxrss) belongs to that variant alone.
+``--baseline PATH`` adds the same forward with the package of another checkout (e.g. a git worktree of an earlier
+commit), on the same weights and input, and prints the speed ratio and the largest relative difference of the
+outputs. ``--flops`` counts the forward's FLOPs (torch's FlopCounterMode) and prints the distance to the compute
+floor: counted FLOPs / this machine's measured fp32 GEMM rate.
 
     .venv/bin/python ci/bench_segmamba.py              # 128^3, the release's patch (reference takes minutes)
     .venv/bin/python ci/bench_segmamba.py --size 64    # quicker
+    .venv/bin/python ci/bench_segmamba.py --size 64 --skip-reference --baseline ../main-before --flops
 """
 
 from __future__ import annotations
@@ -18,13 +23,32 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-def run_variant(variant: str, size: int, threads: int) -> dict:
+
+def gemm_rate(threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """fp32 FLOP/s of this machine's matrix multiply (best of ``repeats`` n x n products)."""
     torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run_variant(variant: str, size: int, threads: int, repeats: int, output: str | None, flops: bool) -> dict:
+    torch.set_num_threads(threads)
+    import shared_networks
     import shared_networks.blocks.mamba as mamba_module
     from shared_networks.nets import SegMamba
     from shared_networks.ssm import selective_scan_backend
@@ -40,17 +64,30 @@ def run_variant(variant: str, size: int, threads: int) -> dict:
     x = torch.randn(1, 4, size, size, size)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with torch.no_grad():
-        start = time.perf_counter()
-        y = net(x)
-        seconds = time.perf_counter() - start
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            y = net(x)
+            seconds.append(time.perf_counter() - start)
     rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    counted = None
+    if flops:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(x)
+        counted = counter.get_total_flops()
+    if output:
+        torch.save(y, output)
     return {
         "variant": variant,
         "backend": backend,
-        "seconds": seconds,
+        "seconds": min(seconds),
         "peak_rss_mib": rss_peak / 1024,
         "forward_extra_mib": (rss_peak - rss_before) / 1024,
         "checksum": float(y.double().abs().mean()),
+        "flops": counted,
+        "package": os.path.dirname(shared_networks.__file__),
     }
 
 
@@ -59,32 +96,54 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="cubic input size, divisible by 16 (default 128)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--skip-reference", action="store_true", help="time only the project's scan core")
+    parser.add_argument("--repeats", type=int, default=1, help="forwards per variant; the best is reported")
+    parser.add_argument("--baseline", help="another checkout whose package runs the 'baseline' variant")
+    parser.add_argument("--flops", action="store_true", help="count FLOPs and print the distance to the compute floor")
     parser.add_argument("--variant", choices=["fast", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--output", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.size % 16:
         parser.error(f"--size must be divisible by 16, got {args.size}")
     if args.variant:
-        print(json.dumps(run_variant(args.variant, args.size, args.threads)))
+        print(json.dumps(run_variant(args.variant, args.size, args.threads, args.repeats, args.output, args.flops)))
         return
 
-    variants = ["fast"] if args.skip_reference else ["fast", "reference"]
+    variants = ["fast"] + (["baseline"] if args.baseline else []) + ([] if args.skip_reference else ["reference"])
     print(f"SegMamba release (67.4 M parameters), input 1x4x{args.size}^3, CPU, {args.threads} threads, "
-          "no_grad forward")
+          f"no_grad forward, best of {args.repeats}")
     results = {}
+    outputs = tempfile.mkdtemp(prefix="bench_segmamba_")
     for variant in variants:
         print(f"  running {variant} ...", flush=True)
-        proc = subprocess.run(
-            [sys.executable, __file__, "--variant", variant, "--size", str(args.size), "--threads", str(args.threads)],
-            capture_output=True, text=True,
-        )
+        checkout = os.path.abspath(args.baseline) if variant == "baseline" else REPO_ROOT
+        cmd = [sys.executable, __file__, "--variant", "reference" if variant == "reference" else "fast",
+               "--size", str(args.size), "--threads", str(args.threads), "--repeats", str(args.repeats),
+               "--output", os.path.join(outputs, f"{variant}.pt")] + (["--flops"] if args.flops else [])
+        env = dict(os.environ, PYTHONPATH=checkout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=outputs)
         if proc.returncode != 0:
             sys.exit(f"{variant} run failed:\n{proc.stderr[-3000:]}")
         results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+        results[variant]["variant"] = variant
     print(f"\n{'variant':<12}{'scan backend':<24}{'forward s':>11}{'peak RSS MiB':>14}{'forward extra MiB':>19}")
     for r in results.values():
+        print(f"{r['variant']}: package {r['package']}")
+    for r in results.values():
         print(f"{r['variant']:<12}{r['backend']:<24}{r['seconds']:>11.2f}{r['peak_rss_mib']:>14.0f}{r['forward_extra_mib']:>19.0f}")
+    fast = results["fast"]
+    if args.flops and fast["flops"]:
+        rate = gemm_rate(args.threads)
+        floor = fast["flops"] / rate
+        print(f"\n{fast['flops'] / 1e9:.0f} GFLOP counted; fp32 GEMM here {rate / 1e9:.0f} GFLOP/s: compute floor "
+              f"{floor:.2f} s, the forward takes {fast['seconds'] / floor:.2f}x the floor")
+    if "baseline" in results:
+        base = results["baseline"]
+        ours, theirs = (torch.load(os.path.join(outputs, f"{v}.pt"), weights_only=True) for v in ("fast", "baseline"))
+        rel = float((ours - theirs).abs().max() / theirs.abs().max())
+        print(f"\nspeed-up over the baseline ({args.baseline}): {base['seconds'] / fast['seconds']:.2f}x; largest "
+              f"output difference {rel:.2e} of max |logit|")
     if "reference" in results:
-        fast, ref = results["fast"], results["reference"]
+        ref = results["reference"]
         rel = abs(fast["checksum"] - ref["checksum"]) / ref["checksum"]
         print(f"\nspeed-up of the scan core over the reference scan: {ref['seconds'] / fast['seconds']:.1f}x")
         print(f"peak memory ratio (reference / core): {ref['peak_rss_mib'] / fast['peak_rss_mib']:.2f}x")
