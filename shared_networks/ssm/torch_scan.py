@@ -16,7 +16,7 @@ start state, and the backward (:class:`_SelectiveScanTorch`) recomputes one bloc
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +62,52 @@ def _sweep(
     return h, (torch.stack(outputs, dim=-1) if C is not None else None)
 
 
+def _step_sizes(
+    delta: torch.Tensor, delta_bias: Optional[torch.Tensor], delta_softplus: bool, acc: torch.dtype
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``delta + delta_bias`` (before softplus) and the step sizes ``dt``, in ``acc``."""
+    raw = delta.to(acc)
+    if delta_bias is not None:
+        raw = raw + delta_bias.to(acc)[:, None]
+    return raw, (F.softplus(raw) if delta_softplus else raw)
+
+
+class _Rows(NamedTuple):
+    """A sequence of ``length`` steps laid out as ``rows`` rows of ``row_len`` steps, ``pad`` steps added at the end
+    (with dt = 0: decay 1 and no input, so the state passes unchanged)."""
+
+    length: int
+    row_len: int
+    rows: int
+    pad: int
+
+    @staticmethod
+    def of(length: int) -> "_Rows":
+        row_len = math.isqrt(length - 1) + 1  # ceil(sqrt(length))
+        rows = -(-length // row_len)
+        return _Rows(length, row_len, rows, rows * row_len - length)
+
+    def time_major(self, x: torch.Tensor, lead: Tuple[int, ...]) -> torch.Tensor:
+        """(..., L) -> (row_len, *lead, rows): each step reads contiguous memory."""
+        rows_view = F.pad(x, (0, self.pad)).reshape(*lead, self.rows, self.row_len)
+        return rows_view.permute(rows_view.dim() - 1, *range(rows_view.dim() - 1)).contiguous()
+
+    def sequence(self, x: torch.Tensor, shape: Tuple[int, ...]) -> torch.Tensor:
+        """The inverse of :meth:`time_major`: (row_len, ..., rows) -> (*shape, L)."""
+        return x.permute(*range(1, x.dim()), 0).reshape(*shape, self.rows * self.row_len)[..., :self.length]
+
+
+def _chain_rows(row_end: torch.Tensor, row_decay: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor,
+                                                                                                   torch.Tensor]:
+    """The true state at each row start from the rows' own end states (swept from zero) and whole-row decays, both
+    (..., rows); returns the starts (..., rows) and the state after the last row."""
+    starts = []
+    for k in range(row_end.shape[-1]):
+        starts.append(state)
+        state = torch.addcmul(row_end[..., k], row_decay[..., k], state)
+    return torch.stack(starts, dim=-1), state
+
+
 def _scan_block(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -83,35 +129,21 @@ def _scan_block(
     dim_per_group = dim // groups
     acc = h0.dtype
     u_acc = u.to(acc)
-    dt = delta.to(acc)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(acc)[:, None]
-    if delta_softplus:
-        dt = F.softplus(dt)
-    row_len = math.isqrt(length - 1) + 1  # ceil(sqrt(length))
-    rows = -(-length // row_len)
-    pad = rows * row_len - length  # padded steps have dt = 0: decay 1 and no input, the state passes unchanged
-
-    def time_major_rows(x: torch.Tensor, lead: Tuple[int, ...]) -> torch.Tensor:
-        rows_view = F.pad(x, (0, pad)).reshape(*lead, rows, row_len)
-        return rows_view.permute(rows_view.dim() - 1, *range(rows_view.dim() - 1)).contiguous()
-
-    dt_rows = time_major_rows(dt, (batch, groups, dim_per_group, 1))
-    du_rows = time_major_rows(dt * u_acc, (batch, groups, dim_per_group, 1))
-    B_rows = time_major_rows(B.to(acc), (batch, groups, 1, dstate))
-    C_rows = time_major_rows(C.to(acc), (batch, groups, 1, dstate))
+    _, dt = _step_sizes(delta, delta_bias, delta_softplus, acc)
+    layout = _Rows.of(length)
+    channel = (batch, groups, dim_per_group, 1)
+    dt_rows = layout.time_major(dt, channel)
+    du_rows = layout.time_major(dt * u_acc, channel)
+    B_rows = layout.time_major(B.to(acc), (batch, groups, 1, dstate))
+    C_rows = layout.time_major(C.to(acc), (batch, groups, 1, dstate))
     A_log2e = A.to(acc).reshape(groups, dim_per_group, dstate, 1) * math.log2(math.e)
 
-    zeros = h0.new_zeros(batch, groups, dim_per_group, dstate, rows)
+    zeros = h0.new_zeros(batch, groups, dim_per_group, dstate, layout.rows)
     row_states, _ = _sweep(dt_rows, du_rows, A_log2e, B_rows, None, zeros)
     row_decay = torch.exp2(dt_rows.sum(dim=0) * A_log2e)  # (batch, G, dim_per_group, N, K)
-    state = h0.reshape(batch, groups, dim_per_group, dstate)
-    starts = []
-    for k in range(rows):
-        starts.append(state)
-        state = torch.addcmul(row_states[..., k], row_decay[..., k], state)
-    _, y = _sweep(dt_rows, du_rows, A_log2e, B_rows, C_rows, torch.stack(starts, dim=-1))
-    y = y.reshape(batch, dim, rows * row_len)[..., :length]
+    starts, state = _chain_rows(row_states, row_decay, h0.reshape(batch, groups, dim_per_group, dstate))
+    _, y = _sweep(dt_rows, du_rows, A_log2e, B_rows, C_rows, starts)
+    y = y.reshape(batch, dim, layout.rows * layout.row_len)[..., :length]
     if D is not None:
         y = torch.addcmul(y, u_acc, D.to(acc)[:, None])
     if z is not None:
@@ -176,21 +208,10 @@ def _block_backward(
     per_group = dim // groups
     acc = h0.dtype
     u_acc = u.to(acc)
-    raw = delta.to(acc)
-    if delta_bias is not None:
-        raw = raw + delta_bias.to(acc)[:, None]
-    dt = F.softplus(raw) if delta_softplus else raw
-    row_len = math.isqrt(length - 1) + 1
-    rows = -(-length // row_len)
-    pad = rows * row_len - length  # padded steps: dt 0 (decay 1, no input) and no output gradient
-
-    def time_major_rows(x: torch.Tensor, lead: Tuple[int, ...]) -> torch.Tensor:
-        rows_view = F.pad(x, (0, pad)).reshape(*lead, rows, row_len)
-        return rows_view.permute(rows_view.dim() - 1, *range(rows_view.dim() - 1)).contiguous()
-
-    def sequence(x: torch.Tensor, shape: Tuple[int, ...]) -> torch.Tensor:  # time-major rows back to (..., L)
-        return x.permute(*range(1, x.dim()), 0).reshape(*shape, rows * row_len)[..., :length]
-
+    raw, dt = _step_sizes(delta, delta_bias, delta_softplus, acc)
+    layout = _Rows.of(length)  # padded steps also get no output gradient
+    row_len, rows = layout.row_len, layout.rows
+    time_major_rows, sequence = layout.time_major, layout.sequence
     channel = (batch, groups, per_group, 1)
     dt_r, u_r = time_major_rows(dt, channel), time_major_rows(u_acc, channel)
     du_r = dt_r * u_r
@@ -206,11 +227,7 @@ def _block_backward(
     for step in range(row_len):
         row_end = torch.addcmul(drive[step], decay[step], row_end)
     row_decay = torch.exp2(dt_r.sum(dim=0) * A_log2e)
-    state, starts = h0.reshape(batch, groups, per_group, dstate), []
-    for k in range(rows):
-        starts.append(state)
-        state = torch.addcmul(row_end[..., k], row_decay[..., k], state)
-    start = torch.stack(starts, dim=-1)
+    start, _ = _chain_rows(row_end, row_decay, h0.reshape(batch, groups, per_group, dstate))
     states = torch.empty_like(decay)
     h = start
     for step in range(row_len):
