@@ -42,10 +42,10 @@ BUNDLE = BUNDLES_DIR / "segmamba_brats"
 
 
 def package_sources() -> list[str]:
-    """What the package is made of, from the source tree: every module and the kernel's C++ source."""
+    """What the package is made of, from the source tree: every module and the kernels' C++ sources and header."""
     root = REPO_ROOT / "shared_networks"
     return sorted(str(p.relative_to(REPO_ROOT)) for p in root.rglob("*")
-                  if p.suffix in {".py", ".cpp"} and "__pycache__" not in p.parts)
+                  if p.suffix in {".py", ".cpp", ".h"} and "__pycache__" not in p.parts)
 
 
 def _requirement(text: str) -> tuple:
@@ -74,7 +74,8 @@ def distributions(tmp_path_factory) -> tuple[Path, Path]:
 def test_sdist_and_wheel_carry_every_module_and_the_kernel_source(distributions):
     sdist, wheel = distributions
     expected = package_sources()
-    assert "shared_networks/ssm/csrc/selective_scan_cpu.cpp" in expected
+    assert {"shared_networks/ssm/csrc/selective_scan_cpu.cpp", "shared_networks/ssm/csrc/inference_cpu.cpp",
+            "shared_networks/ssm/csrc/lane_math.h"} <= set(expected)
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
         dist_info = f"shared_networks-{PROJECT['version']}.dist-info"

@@ -4,8 +4,10 @@
 """
 The ``"cpp"`` selective-scan backend: the C++/OpenMP kernel in ``csrc/selective_scan_cpu.cpp``, compiled with
 ``torch.utils.cpp_extension.load`` at first use and cached in the torch extensions directory
-(``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``). A failed build is logged once as a warning and
-the backend is then reported unavailable, so ``"auto"`` falls back to the ``"torch"`` backend.
+(``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``). The same extension carries the forward-only CPU
+inference kernels of ``csrc/inference_cpu.cpp`` (see :mod:`shared_networks.ssm.cpu_inference`). A failed build is
+logged once as a warning and the backend is then reported unavailable, so ``"auto"`` falls back to the ``"torch"``
+backend.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "selective_scan_cpu.cpp")
+CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
+SOURCE = os.path.join(CSRC, "selective_scan_cpu.cpp")
+SOURCES = (SOURCE, os.path.join(CSRC, "inference_cpu.cpp"))
+HEADERS = (os.path.join(CSRC, "lane_math.h"),)
 # no -std flag: torch passes the C++ standard its headers need (torch 2.14 refuses anything before C++20)
 COMPILE_FLAGS = ("-O3", "-fopenmp")
 # vector instruction sets by the capability PyTorch detected on this CPU (its own kernels dispatch the same way)
@@ -55,11 +60,14 @@ CPU_CAPABILITY = _cpu_capability()
 
 
 def _source_digest() -> str:
+    digest = hashlib.sha256()
     try:
-        with open(SOURCE, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()[:10]
+        for path in SOURCES + HEADERS:
+            with open(path, "rb") as f:
+                digest.update(f.read())
     except OSError:  # the build reports the missing source
         return "nosource"
+    return digest.hexdigest()[:10]
 
 
 def _build_digest() -> str:
@@ -80,7 +88,7 @@ _attempted = False
 _build_seconds: Optional[float] = None
 
 
-def build_extension(sources: Sequence[str] = (SOURCE,), name: str = EXTENSION_NAME) -> Optional[ModuleType]:
+def build_extension(sources: Sequence[str] = SOURCES, name: str = EXTENSION_NAME) -> Optional[ModuleType]:
     """
     Compile (or load from the cache) the C++ scan extension.
 

@@ -21,6 +21,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include "lane_math.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -32,116 +34,8 @@ namespace {
 
 // steps between stored states (the backward recomputes a chunk from the state before it)
 constexpr int64_t kChunk = 256;
-// channels processed together (SIMD lanes), and the forward's steps per block of inputs; kChunk % kLaneChunk == 0
-constexpr int64_t kLanes = 8;
+// the forward's steps per block of inputs; kChunk % kLaneChunk == 0
 constexpr int64_t kLaneChunk = 64;
-
-// Exponent range of exp_lanes for float: below the smallest normal / above the largest finite result.
-constexpr float kExpMin = -87.3f;
-constexpr float kExpMax = 88.3f;
-
-// kLanes values of acc_t as one GCC/Clang vector: lane-wise arithmetic compiles to SIMD instructions on any target.
-// Heap buffers of them are aligned by hand (aligned_lanes) because std::vector does not honour vector alignment.
-template <typename acc_t>
-struct Lanes;
-template <>
-struct Lanes<float> {
-  typedef float type __attribute__((vector_size(kLanes * sizeof(float)), may_alias));
-};
-template <>
-struct Lanes<double> {
-  typedef double type __attribute__((vector_size(kLanes * sizeof(double)), may_alias));
-};
-template <typename acc_t>
-using LaneVec = typename Lanes<acc_t>::type;
-typedef int32_t LaneIntVec
-    __attribute__((vector_size(kLanes * sizeof(int32_t)), may_alias));
-
-// The first sizeof(LaneVec) - aligned address inside storage, which must hold one spare vector for the offset.
-template <typename acc_t>
-LaneVec<acc_t>* aligned_lanes(std::vector<acc_t>& storage) {
-  const std::uintptr_t address = reinterpret_cast<std::uintptr_t>(storage.data());
-  const std::uintptr_t alignment = sizeof(LaneVec<acc_t>);
-  return reinterpret_cast<LaneVec<acc_t>*>((address + alignment - 1) / alignment * alignment);
-}
-
-inline LaneVec<float> exp_lanes(LaneVec<float> x) {
-  x = x < kExpMin ? LaneVec<float>{} + kExpMin : x;
-  x = x > kExpMax ? LaneVec<float>{} + kExpMax : x;
-  const LaneVec<float> k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const LaneVec<float> r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
-  LaneVec<float> p = LaneVec<float>{} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const LaneIntVec bits = (__builtin_convertvector(k, LaneIntVec) + 127) << 23;
-  LaneVec<float> scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
-
-inline LaneVec<double> exp_lanes(LaneVec<double> x) {
-  for (int64_t j = 0; j < kLanes; ++j) x[j] = std::exp(x[j]);
-  return x;
-}
-
-// log(x) for positive normal floats: exponent from the bits, Cephes' logf polynomial on the mantissa (about 1 ulp).
-inline LaneVec<float> log_lanes(LaneVec<float> x) {
-  using Vec = LaneVec<float>;
-  LaneIntVec bits;
-  std::memcpy(&bits, &x, sizeof(bits));
-  Vec exponent = __builtin_convertvector(((bits >> 23) & 0xff) - 126, Vec);
-  bits = (bits & 0x807fffff) | 0x3f000000;  // mantissa in [0.5, 1)
-  Vec m;
-  std::memcpy(&m, &bits, sizeof(m));
-  const auto below = m < 0.707106781186547524f;
-  exponent = below ? exponent - 1.0f : exponent;
-  m = below ? m + m - 1.0f : m - 1.0f;
-  const Vec z = m * m;
-  Vec p = Vec{} + 7.0376836292e-2f;
-  p = p * m - 1.1514610310e-1f;
-  p = p * m + 1.1676998740e-1f;
-  p = p * m - 1.2420140846e-1f;
-  p = p * m + 1.4249322787e-1f;
-  p = p * m - 1.6668057665e-1f;
-  p = p * m + 2.0000714765e-1f;
-  p = p * m - 2.4999993993e-1f;
-  p = p * m + 3.3333331174e-1f;
-  Vec y = p * m * z - 2.12194440e-4f * exponent - 0.5f * z;
-  return m + y + 0.693359375f * exponent;
-}
-
-// softplus with torch's threshold 20, lane-wise: max(v, 0) + log1p(exp(-|v|)), log1p by Goldberg's
-// log(s) * w / (s - 1) with s = 1 + w, which stays accurate for tiny w.
-inline LaneVec<float> softplus_lanes(LaneVec<float> v) {
-  using Vec = LaneVec<float>;
-  const Vec magnitude = v < 0.0f ? -v : v;
-  const Vec w = exp_lanes(-magnitude);
-  const Vec s = 1.0f + w;
-  const Vec log1p_w = s == 1.0f ? w : log_lanes(s) * w / (s - 1.0f);
-  const Vec result = (v > 0.0f ? v : Vec{}) + log1p_w;
-  return v > 20.0f ? v : result;
-}
-
-
-template <typename acc_t>
-inline acc_t softplus(acc_t v) {
-  // torch.nn.functional.softplus with its default threshold 20, as mamba-ssm's kernels
-  return v > acc_t(20) ? v : std::log1p(std::exp(v));
-}
-
-template <typename acc_t>
-inline acc_t sigmoid(acc_t v) {
-  return acc_t(1) / (acc_t(1) + std::exp(-v));
-}
-
-inline LaneVec<double> softplus_lanes(LaneVec<double> v) {
-  for (int64_t j = 0; j < kLanes; ++j) v[j] = softplus(v[j]);
-  return v;
-}
 
 struct ScanShape {
   int64_t batch, dim, length, n_state, groups, n_chunks;
@@ -238,13 +132,6 @@ void forward_lanes(const ScanShape& s, const scalar_t* u, const scalar_t* delta,
         for (int64_t n = 0; n < N; ++n) last_state[(b * s.dim + d0 + j) * N + n] = h[n][j];
     }
   });
-}
-
-inline LaneVec<float> sigmoid_lanes(LaneVec<float> v) { return 1.0f / (1.0f + exp_lanes(-v)); }
-
-inline LaneVec<double> sigmoid_lanes(LaneVec<double> v) {
-  for (int64_t j = 0; j < kLanes; ++j) v[j] = sigmoid(v[j]);
-  return v;
 }
 
 template <typename acc_t>
@@ -617,6 +504,9 @@ std::vector<at::Tensor> selective_scan_backward(const at::Tensor& dout, const at
   return {du, ddelta, dA, dB, dC, dD, dz, dbias};
 }
 
+// inference_cpu.cpp, built into the same extension
+void register_inference_kernels(pybind11::module_& m);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("checkpoint_chunk") = kChunk;
   m.def("forward", &selective_scan_forward, "selective scan forward (CPU)", py::arg("u"), py::arg("delta"),
@@ -625,4 +515,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &selective_scan_backward, "selective scan backward (CPU)", py::arg("dout"), py::arg("u"),
         py::arg("delta"), py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"), py::arg("z"),
         py::arg("delta_bias"), py::arg("delta_softplus"), py::arg("checkpoints"));
+  register_inference_kernels(m);
 }

@@ -1,0 +1,140 @@
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""
+Forward-only CPU kernels for inference, on layouts where the channels are contiguous (``csrc/inference_cpu.cpp``,
+built into the C++ extension of :mod:`shared_networks.ssm.cpp_scan`):
+
+- :func:`mamba_directions_inference`: the inner part of a (multi-directional) Mamba layer, from ``in_proj``'s output
+  to ``out_proj``'s input, on token-major ``(batch, L, channels)`` tensors. Each direction's causal conv1d reads the
+  tokens in its scan order and its scan adds the gated output straight into natural order, so no permuted copy,
+  transpose or inverse permutation is made; x_proj and dt_proj are plain matrix products on the rows.
+- :func:`instance_norm_channels_last`: instance normalisation of a channels-last tensor (ATen's converts it to the
+  contiguous format first), statistics summed in double.
+
+They store nothing for a backward pass: :func:`inference_kernels_apply` says when the layers may call them (CPU,
+float32/float64, the C++ backend selected, no gradient wanted); otherwise the layers run their differentiable ops,
+which compute the same values.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from shared_networks.ssm.backends import selective_scan_backend
+from shared_networks.ssm.cpp_scan import _require_extension
+
+__all__ = [
+    "inference_kernels_apply",
+    "causal_conv1d_silu_tokens",
+    "selective_scan_tokens_",
+    "mamba_directions_inference",
+    "instance_norm_channels_last",
+]
+
+# conv1d weight, conv1d bias, x_proj weight, dt_proj weight, dt_proj bias, A_log, D of one direction, and its scan
+# order (the permutation of the token positions, or None for the natural order)
+DirectionInputs = Tuple[
+    torch.Tensor, Optional[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+    Optional[torch.Tensor],
+]
+
+
+def inference_kernels_apply(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether the forward-only kernels may replace the differentiable ops for these inputs and parameters: all on
+    the CPU in float32 or float64, the scan backend resolves to ``"cpp"`` (so ``SHARED_NETWORKS_SCAN_BACKEND=torch``
+    also turns them off), autocast is off, no gradient is wanted (``torch.no_grad``/``torch.inference_mode``, or
+    nothing requires grad), and no graph is being recorded (``torch.jit.trace``, ``torch.compile``,
+    ``torch.export``: traced and exported models keep the portable ops)."""
+    present = [t for t in tensors if t is not None]
+    if not present or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    first = present[0]
+    if first.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+        return False
+    if any(t.device != first.device or t.dtype not in (torch.float32, torch.float64) for t in present):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in present):
+        return False
+    return selective_scan_backend(first.device) == "cpp"
+
+
+@torch.library.custom_op("shared_networks::causal_conv1d_silu_tokens", mutates_args=(), device_types="cpu")
+def causal_conv1d_silu_tokens(
+    x: torch.Tensor, order: Optional[torch.Tensor], weight: torch.Tensor, bias: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """``silu(causal_conv1d)`` of the sequence whose step ``t`` is row ``order[t]`` of ``x`` (batch, L, dim) (row
+    ``t`` when ``order`` is None), with ``weight`` (width, dim) (tap ``width - 1`` on the current step); returns
+    (batch, L, dim) in the order's sequence, contiguous."""
+    return _require_extension().causal_conv1d_silu_tokens(x, order, weight, bias)
+
+
+@causal_conv1d_silu_tokens.register_fake
+def _(x, order, weight, bias):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("shared_networks::selective_scan_tokens_", mutates_args=("out",), device_types="cpu")
+def selective_scan_tokens_(
+    out: torch.Tensor,
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor],
+    z: Optional[torch.Tensor],
+    delta_bias: Optional[torch.Tensor],
+    delta_softplus: bool,
+    order: Optional[torch.Tensor],
+    accumulate: bool,
+) -> None:
+    """The selective scan of :func:`shared_networks.ssm.selective_scan` on token-major rows: ``u``, ``delta``
+    (batch, L, dim) and ``B``, ``C`` (batch, L, N) in the scan's order; the gated result of step ``t`` is stored in
+    (``accumulate=False``) or added to (``True``) row ``order[t]`` of ``out`` (batch, L, dim), and the gate ``z`` is
+    read from that row. Every tensor needs contiguous channels (stride 1 in its last dimension)."""
+    _require_extension().selective_scan_tokens(out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, order,
+                                               accumulate)
+
+
+@selective_scan_tokens_.register_fake
+def _(out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, order, accumulate):
+    return None
+
+
+@torch.library.custom_op("shared_networks::instance_norm_channels_last", mutates_args=(), device_types="cpu")
+def instance_norm_channels_last(
+    x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float
+) -> torch.Tensor:
+    """``F.instance_norm(x, weight=weight, bias=bias, eps=eps)`` (batch statistics, biased variance) of a
+    channels-last contiguous 4D or 5D tensor; the result is channels-last too."""
+    return _require_extension().instance_norm_channels_last(x, weight, bias, eps)
+
+
+@instance_norm_channels_last.register_fake
+def _(x, weight, bias, eps):
+    return torch.empty_like(x)
+
+
+def mamba_directions_inference(
+    xz: torch.Tensor, directions: Sequence[DirectionInputs], dt_rank: int, d_state: int
+) -> torch.Tensor:
+    """The summed gated scan outputs of a Mamba layer's directions (batch, L, d_inner), from ``in_proj``'s output
+    ``xz`` (batch, L, 2 * d_inner): what ``Mamba.forward`` feeds ``out_proj``."""
+    d_inner = xz.shape[-1] // 2
+    x, z = xz[..., :d_inner], xz[..., d_inner:]
+    y = torch.empty(xz.shape[0], xz.shape[1], d_inner, dtype=xz.dtype)
+    for index, (conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, a_log, d, order) in enumerate(
+        directions
+    ):
+        weight = conv_weight.reshape(d_inner, -1).t().contiguous()  # (width, d_inner): taps of a channel block adjacent
+        u = causal_conv1d_silu_tokens(x, order, weight, conv_bias)
+        x_dbl = F.linear(u, x_proj_weight)  # (batch, L, dt_rank + 2N), rows in the scan's order
+        dt, b, c = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=-1)
+        delta = F.linear(dt, dt_proj_weight)
+        a = -torch.exp(a_log.to(xz.dtype))
+        selective_scan_tokens_(y, u, delta, a, b, c, d.to(xz.dtype), z, dt_bias.to(xz.dtype), True, order, index > 0)
+    return y

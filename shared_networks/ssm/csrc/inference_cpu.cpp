@@ -1,0 +1,347 @@
+// Copyright (c) the shared_networks contributors.
+// Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+// the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+// CPU inference kernels on token-major and channels-last layouts, where channels are the innermost (contiguous)
+// dimension, so that kLanes neighbouring channels are one vector load:
+//
+// - causal_conv1d_silu_tokens: Mamba's causal depthwise conv1d + SiLU over a sequence stored as (batch, L, dim)
+//   rows, read in a scan order (row order[t] is step t of the sequence), written in that order;
+// - selective_scan_tokens: the selective scan of selective_scan_cpu.cpp (same recurrence and semantics) on
+//   (batch, L, dim) rows of u and delta and (batch, L, N) rows of B and C, in the scan order, with the gate z read from
+//   and the result added to (or stored in) row order[t] of natural-order tensors, so the directions of a
+//   multi-directional Mamba layer sum into one output without permuted copies;
+// - instance_norm_channels_last: instance normalisation of a channels-last tensor without converting it to the
+//   contiguous format (ATen's instance_norm does), statistics summed in double.
+//
+// These are forward-only kernels: the networks call them when no gradient is needed and fall back to the
+// differentiable ops otherwise (shared_networks.ssm.cpu_inference).
+
+#include <torch/extension.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+#include "lane_math.h"
+
+namespace {
+
+// sequence steps per block of the scan: every block of kLanes channels of a thread advances this far before the next
+constexpr int64_t kStepBlock = 64;
+// rows per work item of the convolution and the normalisation, and rows per partial sum of the statistics (fixed, so
+// that the sums do not depend on the number of threads)
+constexpr int64_t kRowBlock = 256;
+constexpr int64_t kStatRows = 2048;
+
+// Asks Linux to back the untouched output of a kernel with 2 MB pages where the system allows it on request
+// (transparent_hugepage "madvise", a common default), as NumPy does for arrays of 4 MB or more: a fresh buffer of
+// hundreds of MB otherwise costs one page fault per 4 KB on its first write, more than the kernel's own work. Only a
+// hint; a refusal changes nothing.
+void advise_huge_pages(const at::Tensor& t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr std::uintptr_t kHuge = std::uintptr_t(1) << 21;
+  const std::uintptr_t begin = reinterpret_cast<std::uintptr_t>(t.data_ptr());
+  const std::uintptr_t end = begin + t.nbytes();
+  const std::uintptr_t first = (begin + kHuge - 1) / kHuge * kHuge, last = end / kHuge * kHuge;
+  if (t.nbytes() >= 2 * kHuge && last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#endif
+}
+
+template <typename T>
+inline LaneVec<T> load_lanes(const T* p, int64_t count) {
+  LaneVec<T> v{};
+  if (count == kLanes) {
+    std::memcpy(&v, p, sizeof(v));
+  } else {
+    for (int64_t j = 0; j < count; ++j) v[j] = p[j];
+  }
+  return v;
+}
+
+template <typename T>
+inline void store_lanes(T* p, LaneVec<T> v, int64_t count) {
+  if (count == kLanes) {
+    std::memcpy(p, &v, sizeof(v));
+  } else {
+    for (int64_t j = 0; j < count; ++j) p[j] = v[j];
+  }
+}
+
+inline LaneVec<float> silu_lanes(LaneVec<float> v) { return v * sigmoid_lanes(v); }
+inline LaneVec<double> silu_lanes(LaneVec<double> v) { return v * sigmoid_lanes(v); }
+
+template <typename T>
+const T* optional_data(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->data_ptr<T>() : nullptr;
+}
+
+// (batch, L, dim) with contiguous channels: the strides of a batch item and of a row, in elements
+struct Rows {
+  int64_t batch, row;
+};
+
+Rows rows_of(const at::Tensor& t, const char* name, int64_t batch, int64_t length, int64_t width) {
+  TORCH_CHECK(t.dim() == 3 && t.size(0) == batch && t.size(1) == length && t.size(2) == width,
+              name, " must be (batch, L, ", width, ") = (", batch, ", ", length, ", ", width, "), got ", t.sizes());
+  TORCH_CHECK(t.stride(2) == 1 || width == 1, name, " must have contiguous channels (stride 1 in its last dimension)");
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+  return {t.stride(0), t.stride(1)};
+}
+
+const int64_t* order_data(const std::optional<at::Tensor>& order, int64_t length) {
+  if (!order.has_value()) return nullptr;
+  TORCH_CHECK(order->dim() == 1 && order->size(0) == length && order->is_contiguous() &&
+                  order->scalar_type() == at::kLong && order->device().is_cpu(),
+              "order must be a contiguous int64 CPU tensor of length L = ", length, ", got ", order->sizes());
+  return order->data_ptr<int64_t>();
+}
+
+template <typename T>
+void conv_tokens(const T* x, Rows xs, const int64_t* order, const T* weight, const T* bias, T* out, int64_t batch,
+                 int64_t length, int64_t dim, int64_t width) {
+  const int64_t blocks = (length + kRowBlock - 1) / kRowBlock;
+  at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / blocks, t0 = (item % blocks) * kRowBlock;
+      const int64_t t1 = std::min(length, t0 + kRowBlock);
+      for (int64_t t = t0; t < t1; ++t) {
+        T* out_row = out + (b * length + t) * dim;
+        for (int64_t d0 = 0; d0 < dim; d0 += kLanes) {
+          const int64_t lanes = std::min(kLanes, dim - d0);
+          LaneVec<T> acc = bias ? load_lanes(bias + d0, lanes) : LaneVec<T>{};
+          for (int64_t k = 0; k < width; ++k) {
+            const int64_t step = t - (width - 1) + k;  // causal: taps on this step and the width - 1 before it
+            if (step < 0) continue;
+            const int64_t row = order ? order[step] : step;
+            acc += load_lanes(weight + k * dim + d0, lanes) * load_lanes(x + b * xs.batch + row * xs.row + d0, lanes);
+          }
+          store_lanes(out_row + d0, silu_lanes(acc), lanes);
+        }
+      }
+    }
+  });
+}
+
+// The scan of one direction. Threads own blocks of kLanes channels (of one batch item) and advance all of theirs
+// kStepBlock steps at a time, so the rows of B and C a step block reads are shared by the blocks while in cache.
+template <typename T, int kN>
+void scan_tokens(T* out, Rows os, const T* u, Rows us, const T* delta, Rows ds, const T* A, const T* B, Rows bs,
+                 const T* C, Rows cs, const T* D, const T* z, Rows zs, const T* delta_bias, bool use_softplus,
+                 const int64_t* order, bool accumulate, int64_t batch, int64_t length, int64_t dim, int64_t n_state) {
+  using Vec = LaneVec<T>;
+  const int64_t N = kN > 0 ? kN : n_state;
+  const int64_t blocks = (dim + kLanes - 1) / kLanes;
+  at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
+    const int64_t count = end - begin;
+    // per owned block: a (N), state h (N), bias, skip; one spare vector for the alignment
+    std::vector<T> storage((count * (2 * N + 2) + 1) * kLanes, T(0));
+    Vec* const a = aligned_lanes<T>(storage);
+    Vec* const h = a + count * N;
+    Vec* const bias = h + count * N;
+    Vec* const skip = bias + count;
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t d0 = ((begin + i) % blocks) * kLanes, lanes = std::min(kLanes, dim - d0);
+      for (int64_t n = 0; n < N; ++n) {
+        for (int64_t j = 0; j < lanes; ++j) a[i * N + n][j] = A[(d0 + j) * N + n];
+      }
+      bias[i] = delta_bias ? load_lanes(delta_bias + d0, lanes) : Vec{};
+      skip[i] = D ? load_lanes(D + d0, lanes) : Vec{};
+    }
+    for (int64_t t0 = 0; t0 < length; t0 += kStepBlock) {
+      const int64_t t1 = std::min(length, t0 + kStepBlock);
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t item = begin + i, b = item / blocks, d0 = (item % blocks) * kLanes;
+        const int64_t lanes = std::min(kLanes, dim - d0);
+        const Vec* a_i = a + i * N;
+        Vec* h_i = h + i * N;
+        for (int64_t t = t0; t < t1; ++t) {
+          const Vec u_t = load_lanes(u + b * us.batch + t * us.row + d0, lanes);
+          Vec dt = load_lanes(delta + b * ds.batch + t * ds.row + d0, lanes) + bias[i];
+          if (use_softplus) dt = softplus_lanes(dt);
+          const Vec du = dt * u_t;
+          const T* B_t = B + b * bs.batch + t * bs.row;
+          const T* C_t = C + b * cs.batch + t * cs.row;
+          Vec y = skip[i] * u_t;
+          for (int64_t n = 0; n < N; ++n) {
+            h_i[n] = exp_lanes(dt * a_i[n]) * h_i[n] + du * B_t[n];
+            y += C_t[n] * h_i[n];
+          }
+          const int64_t row = order ? order[t] : t;
+          if (z) y *= silu_lanes(load_lanes(z + b * zs.batch + row * zs.row + d0, lanes));
+          T* out_t = out + b * os.batch + row * os.row + d0;
+          store_lanes(out_t, accumulate ? load_lanes(out_t, lanes) + y : y, lanes);
+        }
+      }
+    }
+  });
+}
+
+void check_vector(const std::optional<at::Tensor>& t, const char* name, int64_t size, at::ScalarType dtype) {
+  if (!t.has_value()) return;
+  TORCH_CHECK(t->dim() == 1 && t->size(0) == size && t->is_contiguous() && t->scalar_type() == dtype &&
+                  t->device().is_cpu(),
+              name, " must be a contiguous CPU (", size, ") tensor of the input's dtype, got ", t->sizes());
+}
+
+}  // namespace
+
+at::Tensor causal_conv1d_silu_tokens(const at::Tensor& x, const std::optional<at::Tensor>& order,
+                                     const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 3, "x must be (batch, L, dim), got ", x.sizes());
+  const int64_t batch = x.size(0), length = x.size(1), dim = x.size(2);
+  const Rows xs = rows_of(x, "x", batch, length, dim);
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "x must be float32 or float64");
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == dim && weight.is_contiguous() &&
+                  weight.scalar_type() == x.scalar_type(),
+              "weight must be a contiguous (width, dim) tensor of x's dtype, got ", weight.sizes());
+  check_vector(bias, "bias", dim, x.scalar_type());
+  const int64_t* order_ptr = order_data(order, length);
+  at::Tensor out = at::empty({batch, length, dim}, x.options());
+  advise_huge_pages(out);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "causal_conv1d_silu_tokens", [&] {
+    conv_tokens<scalar_t>(x.data_ptr<scalar_t>(), xs, order_ptr, weight.data_ptr<scalar_t>(),
+                          optional_data<scalar_t>(bias), out.data_ptr<scalar_t>(), batch, length, dim,
+                          weight.size(0));
+  });
+  return out;
+}
+
+void selective_scan_tokens(at::Tensor& out, const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                           const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
+                           const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
+                           bool delta_softplus, const std::optional<at::Tensor>& order, bool accumulate) {
+  TORCH_CHECK(u.dim() == 3, "u must be (batch, L, dim), got ", u.sizes());
+  const int64_t batch = u.size(0), length = u.size(1), dim = u.size(2);
+  const auto dtype = u.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "u must be float32 or float64");
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == dim && A.is_contiguous() && A.scalar_type() == dtype,
+              "A must be a contiguous (dim, N) tensor of u's dtype, got ", A.sizes());
+  const int64_t n_state = A.size(1);
+  const Rows us = rows_of(u, "u", batch, length, dim), ds = rows_of(delta, "delta", batch, length, dim);
+  const Rows bs = rows_of(B, "B", batch, length, n_state), cs = rows_of(C, "C", batch, length, n_state);
+  const Rows os = rows_of(out, "out", batch, length, dim);
+  const Rows zs = z.has_value() ? rows_of(*z, "z", batch, length, dim) : Rows{0, 0};
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&out, &delta, &B, &C}) {
+    TORCH_CHECK(t->scalar_type() == dtype, "out, delta, B and C must have u's dtype");
+  }
+  TORCH_CHECK(!z.has_value() || z->scalar_type() == dtype, "z must have u's dtype");
+  check_vector(D, "D", dim, dtype);
+  check_vector(delta_bias, "delta_bias", dim, dtype);
+  const int64_t* order_ptr = order_data(order, length);
+  AT_DISPATCH_FLOATING_TYPES(dtype, "selective_scan_tokens", [&] {
+    auto run = [&](auto n_tag) {
+      constexpr int kN = decltype(n_tag)::value;
+      scan_tokens<scalar_t, kN>(out.data_ptr<scalar_t>(), os, u.data_ptr<scalar_t>(), us,
+                                delta.data_ptr<scalar_t>(), ds, A.data_ptr<scalar_t>(), B.data_ptr<scalar_t>(), bs,
+                                C.data_ptr<scalar_t>(), cs, optional_data<scalar_t>(D),
+                                z.has_value() ? z->data_ptr<scalar_t>() : nullptr, zs,
+                                optional_data<scalar_t>(delta_bias), delta_softplus, order_ptr, accumulate, batch,
+                                length, dim, n_state);
+    };
+    if (n_state == 16) {
+      run(std::integral_constant<int, 16>{});  // Mamba's default state size, unrolled
+    } else {
+      run(std::integral_constant<int, 0>{});
+    }
+  });
+}
+
+at::Tensor instance_norm_channels_last(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                       const std::optional<at::Tensor>& bias, double eps) {
+  TORCH_CHECK(x.dim() == 4 || x.dim() == 5, "x must be (batch, channels, *spatial) with 2 or 3 spatial dimensions");
+  const auto format = x.dim() == 5 ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::ChannelsLast;
+  TORCH_CHECK(x.is_contiguous(format) && x.device().is_cpu(), "x must be a channels-last contiguous CPU tensor");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "x must be float32 or float64");
+  const int64_t batch = x.size(0), channels = x.size(1), positions = x.numel() / std::max<int64_t>(1, batch * channels);
+  check_vector(weight, "weight", channels, x.scalar_type());
+  check_vector(bias, "bias", channels, x.scalar_type());
+  at::Tensor out = at::empty_like(x, x.options(), format);
+  advise_huge_pages(out);
+  if (x.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "instance_norm_channels_last", [&] {
+    const scalar_t* in = x.data_ptr<scalar_t>();
+    scalar_t* result = out.data_ptr<scalar_t>();
+    const scalar_t* w = optional_data<scalar_t>(weight);
+    const scalar_t* b = optional_data<scalar_t>(bias);
+    const int64_t parts = (positions + kStatRows - 1) / kStatRows;
+    std::vector<double> sums(parts * 2 * channels);
+    // out = (x - mean) * scale + beta, in double: a float32 mean or x * scale + shift in float32 would lose the
+    // normalised values' digits when the mean is large against the spread
+    std::vector<double> means(batch * channels), scale(batch * channels), beta(batch * channels);
+    for (int64_t item = 0; item < batch; ++item) {
+      const scalar_t* x_b = in + item * positions * channels;
+      // sums and sums of squares of each part of the positions, then of the parts in order (deterministic), of the
+      // values minus the channel's first value: the shift keeps the variance exact when it is small against the mean
+      const scalar_t* shift_by = x_b;
+      at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t part = begin; part < end; ++part) {
+          double* s1 = sums.data() + part * 2 * channels;
+          double* s2 = s1 + channels;
+          std::fill(s1, s1 + 2 * channels, 0.0);
+          const int64_t r1 = std::min(positions, (part + 1) * kStatRows);
+          for (int64_t r = part * kStatRows; r < r1; ++r) {
+            const scalar_t* row = x_b + r * channels;
+            for (int64_t c = 0; c < channels; ++c) {
+              const double v = static_cast<double>(row[c]) - static_cast<double>(shift_by[c]);
+              s1[c] += v;
+              s2[c] += v * v;
+            }
+          }
+        }
+      });
+      for (int64_t c = 0; c < channels; ++c) {
+        double s1 = 0.0, s2 = 0.0;
+        for (int64_t part = 0; part < parts; ++part) {
+          s1 += sums[part * 2 * channels + c];
+          s2 += sums[part * 2 * channels + channels + c];
+        }
+        const double shifted_mean = s1 / positions;
+        const double var = std::max(0.0, s2 / positions - shifted_mean * shifted_mean);
+        const double mean = shifted_mean + static_cast<double>(shift_by[c]);
+        const double invstd = 1.0 / std::sqrt(var + eps);
+        means[item * channels + c] = mean;
+        scale[item * channels + c] = invstd * (w ? static_cast<double>(w[c]) : 1.0);
+        beta[item * channels + c] = b ? static_cast<double>(b[c]) : 0.0;
+      }
+    }
+    const int64_t blocks = (positions + kRowBlock - 1) / kRowBlock;
+    at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n = item / blocks, r0 = (item % blocks) * kRowBlock, r1 = std::min(positions, r0 + kRowBlock);
+        const double* mean = means.data() + n * channels;
+        const double* alpha = scale.data() + n * channels;
+        const double* offset_by = beta.data() + n * channels;
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t offset = (n * positions + r) * channels;
+          for (int64_t c = 0; c < channels; ++c) {
+            const double v = (static_cast<double>(in[offset + c]) - mean[c]) * alpha[c] + offset_by[c];
+            result[offset + c] = static_cast<scalar_t>(v);
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
+void register_inference_kernels(pybind11::module_& m) {
+  m.def("causal_conv1d_silu_tokens", &causal_conv1d_silu_tokens,
+        "causal depthwise conv1d + SiLU over (batch, L, dim) rows read in a scan order (CPU)", py::arg("x"),
+        py::arg("order"), py::arg("weight"), py::arg("bias"));
+  m.def("selective_scan_tokens", &selective_scan_tokens,
+        "selective scan over (batch, L, dim) rows in a scan order, gated output stored or added at row order[t] (CPU)",
+        py::arg("out"), py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"),
+        py::arg("z"), py::arg("delta_bias"), py::arg("delta_softplus"), py::arg("order"), py::arg("accumulate"));
+  m.def("instance_norm_channels_last", &instance_norm_channels_last,
+        "instance normalisation of a channels-last tensor, statistics in double (CPU)", py::arg("x"),
+        py::arg("weight"), py::arg("bias"), py::arg("eps"));
+}
