@@ -29,6 +29,7 @@ from shared_networks.blocks.ssm_init import (
     ssm_skip,
 )
 from shared_networks.ssm import causal_conv1d, selective_scan
+from shared_networks.ssm.cpu_inference import inference_kernels_apply, mamba_directions_inference
 from shared_networks.ssm.scripted import causal_conv1d_silu_scripted, selective_scan_scripted
 from shared_networks.utils import look_up_argument
 
@@ -181,6 +182,9 @@ class Mamba(nn.Module):
             raise ValueError(
                 f"scan_orders must give one order per direction ({n_directions}), got {len(scan_orders)}."
             )
+        if not torch.jit.is_scripting():
+            if inference_kernels_apply(hidden_states, *self.parameters()):
+                return self._forward_inference(hidden_states, scan_orders)
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2 * d_inner, L)
         x, z = xz.chunk(2, dim=1)
         y: Optional[torch.Tensor] = None
@@ -199,3 +203,15 @@ class Mamba(nn.Module):
         if y is None:  # unreachable (the constructor requires a direction); refines the type for TorchScript
             raise RuntimeError("the Mamba layer has no scan direction.")
         return self.out_proj(y.transpose(1, 2))
+
+    @torch.jit.unused
+    def _forward_inference(self, hidden_states: torch.Tensor, scan_orders: Optional[List[ScanOrder]]) -> torch.Tensor:
+        """The same values as the differentiable path, computed by the forward-only CPU kernels on token-major rows
+        (``shared_networks.ssm.cpu_inference``): each direction reads the tokens in its order and adds its output in
+        natural order, without permuted copies."""
+        directions = []
+        for index, suffix in enumerate(self.direction_suffixes):
+            order = None if scan_orders is None or scan_orders[index] is None else scan_orders[index][0]
+            directions.append(self._direction_parameters(suffix) + (order,))
+        y = mamba_directions_inference(self.in_proj(hidden_states), directions, self.dt_rank, self.d_state)
+        return self.out_proj(y)

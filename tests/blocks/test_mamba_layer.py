@@ -5,10 +5,14 @@
 
 from functools import partial
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+import shared_networks.blocks.mamba as mamba_module
 from shared_networks.blocks import Mamba, reversed_order
+from shared_networks.blocks.scan_orders import tri_orientated_orders
+from shared_networks.ssm.cpp_scan import load_extension
 from shared_networks.ssm.reference import causal_conv1d_ref, selective_scan_ref
 
 # the oracle runs in float64 whatever the inputs' dtype
@@ -56,3 +60,27 @@ def test_plain_layer_matches_float64_reference():
     out = layer(tokens)
     assert (out.double() - expected).abs().max() / expected.abs().max() < 1e-5
     assert F.mse_loss(out.double(), expected) < 1e-10
+
+
+@pytest.mark.skipif(load_extension() is None, reason="the inference kernels are in the C++ extension")
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+@pytest.mark.parametrize("d_state, d_conv", [(16, 4), (8, 3)])
+def test_inference_kernels_match_float64_reference_in_every_scan_order(dtype, tolerance, d_state, d_conv, monkeypatch):
+    """Without gradients on the CPU the layer takes the token-major kernels: natural, reversed and inter-slice orders
+    (SegMamba's tri-orientated layout) give the float64 composition of the oracles."""
+    calls = []
+    inner = mamba_module.mamba_directions_inference
+    monkeypatch.setattr(mamba_module, "mamba_directions_inference", lambda *a, **k: calls.append(1) or inner(*a, **k))
+    torch.manual_seed(3)
+    layer = Mamba(d_model=20, d_state=d_state, d_conv=d_conv, direction_suffixes=("", "_b", "_s")).to(dtype)
+    spatial = (5, 4, 6)
+    tokens = torch.randn(2, 5 * 4 * 6, 20, dtype=dtype)
+    orders = tri_orientated_orders(spatial)
+    with torch.inference_mode():
+        out = layer(tokens, orders)
+    assert calls == [1]
+    y = sum(reference_direction(layer, tokens, suffix, order) for suffix, order in zip(("", "_b", "_s"), orders))
+    expected = y.transpose(1, 2) @ layer.out_proj.weight.detach().double().t()
+    assert out.dtype == dtype
+    assert (out.double() - expected).abs().max() / expected.abs().max() < tolerance
+
