@@ -16,6 +16,11 @@ import torch.nn as nn
 from monai.networks.blocks.dynunet_block import UnetOutBlock
 from monai.networks.blocks.unetr_block import UnetrBasicBlock, UnetrUpBlock
 
+from shared_networks.blocks.channels_last import (
+    channels_last_applies,
+    to_channels_last,
+    use_channels_last_instance_norms,
+)
 from shared_networks.blocks.segmamba_blocks import SegMambaEncoder
 
 __all__ = ["SegMamba"]
@@ -97,6 +102,7 @@ class SegMamba(nn.Module):
         self.decoder2 = up_block(f1, f0)
         self.decoder1 = basic_block(f0, f0)
         self.out = UnetOutBlock(spatial_dims, f0, out_channels)
+        use_channels_last_instance_norms(self)
 
     def forward(self, x_in: torch.Tensor) -> torch.Tensor:
         spatial = list(x_in.shape[2:])
@@ -111,6 +117,12 @@ class SegMamba(nn.Module):
                 f"SegMamba needs a (batch, channels, *spatial) input with {self.spatial_dims} spatial sizes divisible "
                 f"by 16 (four stride-2 stages), not all 16, e.g. 64, 96 or 128; got spatial size {list(spatial)}."
             )
+        channels_last = False
+        if not torch.jit.is_scripting():
+            # inference on the CPU runs channels-last (see shared_networks.blocks.channels_last); same values
+            channels_last = channels_last_applies(x_in, self)
+            if channels_last:
+                x_in = to_channels_last(x_in)
         outs = self.vit(x_in)
         enc1 = self.encoder1(x_in)
         enc2 = self.encoder2(outs[0])
@@ -121,4 +133,5 @@ class SegMamba(nn.Module):
         dec = self.decoder4(dec, enc3)
         dec = self.decoder3(dec, enc2)
         dec = self.decoder2(dec, enc1)
-        return self.out(self.decoder1(dec))
+        logits = self.out(self.decoder1(dec))
+        return logits.contiguous() if channels_last else logits

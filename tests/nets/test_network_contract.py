@@ -6,7 +6,9 @@ The contract every network exported by ``shared_networks.nets`` keeps, at small 
 matrix of input sizes and channel counts, a strict state-dict round trip (through ``torch.save`` / ``weights_only``
 loading) that reproduces the output, ``torch.jit.trace`` and ``torch.export`` equal to eager on an input they were not
 built with, ``torch.jit.script`` equal to eager (outputs and gradients, also after ``torch.jit.save`` / ``load``), and
-the ``torch`` and ``cpp`` scan backends giving the same output (relative error <= 1e-4).
+the ``torch`` and ``cpp`` scan backends giving the same output (relative error <= 1e-4), and the forward-only CPU
+inference kernels (channels-last layers, token-major Mamba; taken without gradients) giving the output of the
+differentiable ops that traced, exported and scripted models keep (largest difference <= 1e-4 of the largest logit).
 
 A new network joins by being exported and given an entry in ``CONTRACT_CASES`` (small constructor arguments and the
 input sizes to try); an exported network without an entry fails ``test_every_exported_network_has_cases``.
@@ -96,6 +98,13 @@ SHAPE_PARAMS = [pytest.param(case, size, id=f"{case.id}-{'x'.join(map(str, size)
 CASE_PARAMS = [pytest.param(case, id=case.id) for case in CONTRACT_CASES]
 
 
+def portable_output(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The output of the differentiable ops: with gradients wanted, the networks do not take the forward-only CPU
+    inference kernels (what torch.jit.trace, torch.export and torch.jit.script record)."""
+    with torch.enable_grad():
+        return net(x).detach()
+
+
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     expected = expected.double()
     return float((actual.double() - expected).norm() / expected.norm().clamp_min(1e-30))
@@ -139,8 +148,8 @@ def test_trace_and_export_equal_eager(case: ContractCase):
     net = case.build()
     spatial = case.spatial_sizes[0]
     example, other = case.input(spatial, seed=1), case.input(spatial, seed=2)
+    expected = portable_output(net, other)
     with torch.no_grad():
-        expected = net(other)
         traced = torch.jit.trace(net, example)  # with torch's own check, which traces twice
         torch.testing.assert_close(traced(other), expected, rtol=1e-5, atol=1e-6)
     exported = torch.export.export(net, (example,))
@@ -160,7 +169,7 @@ def test_script_equals_eager_after_save_and_load(case: ContractCase):
     with torch.no_grad():
         for spatial in case.spatial_sizes:
             x = case.input(spatial, seed=3)
-            expected = net(x)
+            expected = portable_output(net, x)
             torch.testing.assert_close(scripted(x), expected, rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(loaded(x), expected, rtol=1e-5, atol=1e-6)
     # the scripted scan's backward (the C++ kernel's, through its operator) gives eager's gradients
@@ -187,3 +196,23 @@ def test_torch_and_cpp_scan_backends_agree(case: ContractCase, monkeypatch: pyte
         with torch.no_grad():
             outputs[backend] = net(x)
     assert relative_error(outputs["cpp"], outputs["torch"]) <= 1e-4
+
+
+@pytest.mark.skipif("cpp" not in available_backends("cpu"), reason="the inference kernels are in the C++ extension")
+@pytest.mark.parametrize("case, spatial", SHAPE_PARAMS)
+def test_cpu_inference_kernels_equal_the_differentiable_ops(case, spatial, monkeypatch: pytest.MonkeyPatch):
+    import shared_networks.blocks.mamba as mamba_module
+
+    calls = []
+    inner = mamba_module.mamba_directions_inference
+    monkeypatch.setattr(mamba_module, "mamba_directions_inference", lambda *a, **k: calls.append(1) or inner(*a, **k))
+    net = case.build()
+    x = case.input(spatial, seed=5)
+    expected = portable_output(net, x)
+    assert not calls  # with gradients wanted, the differentiable ops run
+    with torch.inference_mode():
+        fast = net(x)
+    if any(isinstance(m, mamba_module.Mamba) for m in net.modules()):
+        assert calls, "the Mamba layers did not take the token-major inference kernels"
+    assert fast.shape == expected.shape and fast.is_contiguous() == expected.is_contiguous()
+    assert float((fast - expected).abs().max()) <= 1e-4 * float(expected.abs().max())

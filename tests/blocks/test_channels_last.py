@@ -1,0 +1,98 @@
+# Copyright (c) the shared_networks contributors.
+# Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
+# the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Channels-last execution: the instance-norm swap keeps parameters and state dicts, the swapped norms give
+float64 instance norm's values in every mode, and SegMamba runs channels-last without gradients on the CPU."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from shared_networks.blocks.channels_last import (
+    ChannelsLastInstanceNorm2d,
+    ChannelsLastInstanceNorm3d,
+    use_channels_last_instance_norms,
+)
+from shared_networks.nets import SegMamba
+from shared_networks.ssm.cpp_scan import load_extension
+
+needs_kernels = pytest.mark.skipif(load_extension() is None, reason="the inference kernels are in the C++ extension")
+
+
+def test_swap_replaces_only_instance_norms_without_running_statistics():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.InstanceNorm3d(4), nn.InstanceNorm3d(4, affine=True, eps=1e-3), nn.InstanceNorm2d(3),
+        nn.InstanceNorm3d(4, track_running_stats=True), nn.BatchNorm3d(4), nn.Sequential(nn.InstanceNorm3d(2)),
+    )
+    with torch.no_grad():
+        net[1].weight.uniform_(0.5, 2.0)
+    affine = (net[1].weight, net[1].bias)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert use_channels_last_instance_norms(net) is net
+    assert [type(m) for m in net[:5]] == [ChannelsLastInstanceNorm3d, ChannelsLastInstanceNorm3d,
+                                          ChannelsLastInstanceNorm2d, nn.InstanceNorm3d, nn.BatchNorm3d]
+    assert type(net[5][0]) is ChannelsLastInstanceNorm3d
+    assert (net[1].weight, net[1].bias) == affine and net[1].eps == 1e-3 and net[1].affine
+    after = net.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
+
+
+@needs_kernels
+@pytest.mark.parametrize("affine", [False, True])
+def test_swapped_norm_gives_instance_norm_values_with_and_without_gradients(affine):
+    torch.manual_seed(1)
+    norm = use_channels_last_instance_norms(nn.Sequential(nn.InstanceNorm3d(6, affine=affine)))[0]
+    if affine:
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 2.0)
+            norm.bias.uniform_(-1.0, 1.0)
+    x = torch.randn(2, 6, 5, 7, 4) * 3 + 1
+    weight, bias = (None, None) if not affine else (norm.weight.detach().double(), norm.bias.detach().double())
+    expected = F.instance_norm(x.double(), weight=weight, bias=bias)
+    for layout in (torch.channels_last_3d, torch.contiguous_format):
+        with torch.inference_mode():
+            out = norm(x.contiguous(memory_format=layout))
+        # the kernel's result is channels-last whatever the input's layout, so the next layers stay channels-last
+        assert out.is_contiguous(memory_format=torch.channels_last_3d)
+        assert float((out.double() - expected).abs().max()) < 1e-5
+    # with gradients it is F.instance_norm, differentiable like nn.InstanceNorm3d
+    reference = nn.InstanceNorm3d(6, affine=affine)
+    reference.load_state_dict(norm.state_dict())
+    x.requires_grad_(True)
+    grad = torch.autograd.grad(norm(x).sin().sum(), x)[0]
+    expected_grad = torch.autograd.grad(reference(x).sin().sum(), x)[0]
+    torch.testing.assert_close(grad, expected_grad)
+
+
+def test_swapped_norm_scripts():
+    net = use_channels_last_instance_norms(nn.Sequential(nn.InstanceNorm3d(3, affine=True), nn.InstanceNorm2d(2)))
+    scripted = torch.jit.script(net[0])
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    buffer.seek(0)
+    x = torch.randn(1, 3, 4, 4, 4)
+    torch.testing.assert_close(torch.jit.load(buffer)(x), F.instance_norm(x, weight=net[0].weight, bias=net[0].bias))
+    torch.testing.assert_close(torch.jit.script(net[1])(x[:, :2, 0]), F.instance_norm(x[:, :2, 0]))
+
+
+@needs_kernels
+def test_segmamba_runs_channels_last_only_without_gradients():
+    torch.manual_seed(2)
+    net = SegMamba(in_channels=2, out_channels=3, feature_sizes=(8, 16, 32, 64), hidden_size=32).eval()
+    layouts = []
+    net.decoder1.register_forward_hook(
+        lambda module, inputs, output: layouts.append(output.is_contiguous(memory_format=torch.channels_last_3d))
+    )
+    x = torch.randn(1, 2, 32, 32, 48)
+    expected = net(x).detach()
+    with torch.inference_mode():
+        out = net(x)
+    assert layouts == [False, True]
+    assert out.is_contiguous() and out.shape == expected.shape
+    assert float((out - expected).abs().max()) <= 1e-4 * float(expected.abs().max())
