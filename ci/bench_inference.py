@@ -104,6 +104,9 @@ def run_variant(args: argparse.Namespace) -> dict:
     from monai.transforms import Compose
 
     import shared_networks
+    from shared_networks.ssm import selective_scan_backend
+
+    selective_scan_backend(torch.device("cpu"))  # builds or loads the C++ kernels now, outside the timed run
 
     torch.manual_seed(0)
     evaluator = parser.get_parsed_content("evaluator")
@@ -197,6 +200,8 @@ def main() -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if "baseline" in variants and not args.baseline:
         parser.error("the 'baseline' variant needs --baseline PATH (another checkout)")
+    if args.weights:  # the variants run in a scratch folder
+        args.weights = str(Path(args.weights).resolve())
     shape = (96, 96, 80) if args.quick else tuple(int(s) for s in args.shape.split(","))
     patch = 64 if args.quick else 0
     sys.path.insert(0, str(REPO_ROOT))

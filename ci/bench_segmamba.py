@@ -5,14 +5,15 @@
 the sequential reference scan (the algorithm of mamba-ssm's ``selective_scan_ref``), measured in one run.
 
 Each variant runs in its own subprocess so that the peak resident memory (ru_maxrss) belongs to that variant alone.
-``--baseline PATH`` adds the same forward with the package of another checkout (e.g. a git worktree of an earlier
-commit), on the same weights and input, and prints the speed ratio and the largest relative difference of the
-outputs. ``--flops`` counts the forward's FLOPs (torch's FlopCounterMode) and prints the distance to the compute
-floor: counted FLOPs / this machine's measured fp32 GEMM rate.
+``--portable`` adds the same package without its forward-only CPU inference kernels (the contiguous layout and the
+generic scan path that traced and scripted models keep). ``--baseline PATH`` adds the same forward with the package
+of another checkout (e.g. a git worktree of an earlier commit). Both run on the same weights and input, and the speed
+ratio and the largest relative difference of the outputs are printed. ``--flops`` counts the forward's FLOPs (torch's
+FlopCounterMode) and prints the distance to the compute floor: counted FLOPs / this machine's measured fp32 GEMM rate.
 
     .venv/bin/python ci/bench_segmamba.py              # 128^3, the release's patch (reference takes minutes)
     .venv/bin/python ci/bench_segmamba.py --size 64    # quicker
-    .venv/bin/python ci/bench_segmamba.py --size 64 --skip-reference --baseline ../main-before --flops
+    .venv/bin/python ci/bench_segmamba.py --size 64 --skip-reference --portable --baseline ../main-before --flops
 """
 
 from __future__ import annotations
@@ -54,11 +55,17 @@ def run_variant(variant: str, size: int, threads: int, repeats: int, output: str
     from shared_networks.ssm import selective_scan_backend
     from shared_networks.ssm.reference import selective_scan_ref_output
 
+    backend = selective_scan_backend(torch.device("cpu"))
+    if variant in ("reference", "portable"):
+        # the network without the forward-only CPU inference kernels: contiguous layout, the scan through
+        # shared_networks.ssm.selective_scan (replaced by the sequential reference in the "reference" variant)
+        import shared_networks.blocks.channels_last as channels_last_module
+
+        mamba_module.inference_kernels_apply = channels_last_module.inference_kernels_apply = lambda *_: False
+        backend += " (no inference kernels)"
     if variant == "reference":
         mamba_module.selective_scan = selective_scan_ref_output
         backend = "sequential reference"
-    else:
-        backend = selective_scan_backend(torch.device("cpu"))
     torch.manual_seed(0)
     net = SegMamba(in_channels=4, out_channels=4, mode="release").eval()
     x = torch.randn(1, 4, size, size, size)
@@ -96,10 +103,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="cubic input size, divisible by 16 (default 128)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--skip-reference", action="store_true", help="time only the project's scan core")
+    parser.add_argument("--portable", action="store_true",
+                        help="also time this package without its CPU inference kernels (channels-last layers, "
+                             "token-major Mamba): the differentiable ops that traced and scripted models keep")
     parser.add_argument("--repeats", type=int, default=1, help="forwards per variant; the best is reported")
     parser.add_argument("--baseline", help="another checkout whose package runs the 'baseline' variant")
     parser.add_argument("--flops", action="store_true", help="count FLOPs and print the distance to the compute floor")
-    parser.add_argument("--variant", choices=["fast", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=["fast", "portable", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.size % 16:
@@ -108,7 +118,8 @@ def main() -> None:
         print(json.dumps(run_variant(args.variant, args.size, args.threads, args.repeats, args.output, args.flops)))
         return
 
-    variants = ["fast"] + (["baseline"] if args.baseline else []) + ([] if args.skip_reference else ["reference"])
+    variants = (["fast"] + (["portable"] if args.portable else []) + (["baseline"] if args.baseline else [])
+                + ([] if args.skip_reference else ["reference"]))
     print(f"SegMamba release (67.4 M parameters), input 1x4x{args.size}^3, CPU, {args.threads} threads, "
           f"no_grad forward, best of {args.repeats}")
     results = {}
@@ -116,7 +127,7 @@ def main() -> None:
     for variant in variants:
         print(f"  running {variant} ...", flush=True)
         checkout = os.path.abspath(args.baseline) if variant == "baseline" else REPO_ROOT
-        cmd = [sys.executable, __file__, "--variant", "reference" if variant == "reference" else "fast",
+        cmd = [sys.executable, __file__, "--variant", "fast" if variant == "baseline" else variant,
                "--size", str(args.size), "--threads", str(args.threads), "--repeats", str(args.repeats),
                "--output", os.path.join(outputs, f"{variant}.pt")] + (["--flops"] if args.flops else [])
         env = dict(os.environ, PYTHONPATH=checkout)
@@ -136,12 +147,14 @@ def main() -> None:
         floor = fast["flops"] / rate
         print(f"\n{fast['flops'] / 1e9:.0f} GFLOP counted; fp32 GEMM here {rate / 1e9:.0f} GFLOP/s: compute floor "
               f"{floor:.2f} s, the forward takes {fast['seconds'] / floor:.2f}x the floor")
-    if "baseline" in results:
-        base = results["baseline"]
-        ours, theirs = (torch.load(os.path.join(outputs, f"{v}.pt"), weights_only=True) for v in ("fast", "baseline"))
+    for other, label in (("portable", "this package without its CPU inference kernels"),
+                         ("baseline", f"the baseline ({args.baseline})")):
+        if other not in results:
+            continue
+        ours, theirs = (torch.load(os.path.join(outputs, f"{v}.pt"), weights_only=True) for v in ("fast", other))
         rel = float((ours - theirs).abs().max() / theirs.abs().max())
-        print(f"\nspeed-up over the baseline ({args.baseline}): {base['seconds'] / fast['seconds']:.2f}x; largest "
-              f"output difference {rel:.2e} of max |logit|")
+        print(f"\nspeed-up over {label}: {results[other]['seconds'] / fast['seconds']:.2f}x; largest output "
+              f"difference {rel:.2e} of max |logit|")
     if "reference" in results:
         ref = results["reference"]
         rel = abs(fast["checksum"] - ref["checksum"]) / ref["checksum"]
