@@ -27,4 +27,7 @@ if [ "$mode" = auto ]; then
 fi
 if [ "$mode" = 1 ]; then bash ci/setup_monailabel.sh; fi
 export RUN_MONAILABEL=$mode
-exec .venv/bin/python -m pytest -q -p no:cacheprovider --timeout 1200 "$@"
+# TEST_WORKERS: pytest-xdist worker processes (default 2; 0 runs in this process), each with its share of the cores
+# (tests/conftest.py). worksteal hands out tests in collection order, so a module mostly stays on one worker, and an
+# idle worker takes the rest of a busy one's queue.
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --timeout 1200 -n "${TEST_WORKERS:-2}" --dist worksteal "$@"

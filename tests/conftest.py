@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -48,6 +49,19 @@ WHEEL_CACHE = REPO_ROOT / ".cache" / "wheels"
 NILEARN = "nilearn==0.14.1"
 MNI152_T1_MEMBER = "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 MNI152_T1_SHA256 = "421a10e872fd6cadae7f61d358dffbcc1795a497d61ee76c5dda2503e1a1e9e6"
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``ci/test.sh`` runs two workers) each worker takes its share of the cores: torch threads
+    here, and through the environment the OpenMP threads of the bundle subprocesses and the jobs of C++ extension
+    builds, so that side-by-side workers do not oversubscribe the machine."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        share = max(1, (os.cpu_count() or 1) // workers)
+        os.environ.update(OMP_NUM_THREADS=str(share), MKL_NUM_THREADS=str(share), MAX_JOBS=str(share))
+        import torch
+
+        torch.set_num_threads(share)
 
 
 @functools.lru_cache(maxsize=None)
@@ -233,20 +247,24 @@ def subprocess_env(**extra: str) -> dict:
 @pytest.fixture(scope="session")
 def mni152_t1():
     """The MNI152 2009a T1 template (197 x 233 x 189, 1 mm, RAS, skull-stripped uint8) as a nibabel image, taken from
-    nilearn's wheel, which is fetched once with ``pip download --no-deps`` into ``.cache/wheels``."""
+    nilearn's wheel (``pip download --no-deps``), extracted once into ``.cache/wheels``."""
     import nibabel as nib
 
     target = WHEEL_CACHE / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
     if not target.is_file():
         WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(WHEEL_CACHE), NILEARN],
-                       check=True, timeout=600)
-        wheel = next(WHEEL_CACHE.glob("nilearn-0.14.1-*.whl"))
-        with zipfile.ZipFile(wheel) as archive:
-            data = archive.read(MNI152_T1_MEMBER)
-        if hashlib.sha256(data).hexdigest() != MNI152_T1_SHA256:
-            raise AssertionError(f"{MNI152_T1_MEMBER} in {wheel} is not the expected file (sha256 differs)")
-        target.write_bytes(data)
+        # a folder of this process's own, then one rename: test workers running side by side (pytest-xdist) never
+        # see each other's half-written files
+        with tempfile.TemporaryDirectory(dir=WHEEL_CACHE) as download:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", download, NILEARN],
+                           check=True, timeout=600)
+            wheel = next(Path(download).glob("nilearn-0.14.1-*.whl"))
+            with zipfile.ZipFile(wheel) as archive:
+                data = archive.read(MNI152_T1_MEMBER)
+            if hashlib.sha256(data).hexdigest() != MNI152_T1_SHA256:
+                raise AssertionError(f"{MNI152_T1_MEMBER} in {wheel} is not the expected file (sha256 differs)")
+            (Path(download) / target.name).write_bytes(data)
+            os.replace(Path(download) / target.name, target)
     image = nib.load(target)
     assert image.shape == (197, 233, 189) and nib.aff2axcodes(image.affine) == ("R", "A", "S")
     return image

@@ -67,7 +67,8 @@ def _inference(bundle_root: Path, dataset: Path, output: Path, *extra: str) -> l
 
 
 def _env() -> dict:
-    return dict(os.environ, OMP_NUM_THREADS="2", CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore")
+    return dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), CUDA_VISIBLE_DEVICES="",
+                PYTHONWARNINGS="ignore")
 
 
 @pytest.mark.slow
