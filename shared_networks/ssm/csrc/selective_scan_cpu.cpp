@@ -107,14 +107,18 @@ void forward_lanes(const ScanShape& s, const scalar_t* u, const scalar_t* delta,
           y[t] = skip_lanes * du[t];
           du[t] *= dt[t];
         }
-        for (int64_t t = 0; t < len; ++t) {
-          const Vec dt_t = dt[t], du_t = du[t];
-          Vec y_t = y[t];
-          for (int64_t n = 0; n < N; ++n) {
-            h[n] = exp_lanes(dt_t * a[n]) * h[n] + du_t * B_row[n * L + t0 + t];
-            y_t += C_row[n * L + t0 + t] * h[n];
+        // state index outer, steps inner: one state vector and its A stay in registers through the block while y
+        // (in L1) collects C_t * h_t, summed over n in the same order as a step-by-step loop (same values)
+        for (int64_t n = 0; n < N; ++n) {
+          const Vec a_n = a[n];
+          const acc_t* B_n = B_row + n * L + t0;
+          const acc_t* C_n = C_row + n * L + t0;
+          Vec h_n = h[n];
+          for (int64_t t = 0; t < len; ++t) {
+            h_n = exp_lanes(dt[t] * a_n) * h_n + du[t] * B_n[t];
+            y[t] += C_n[t] * h_n;
           }
-          y[t] = y_t;
+          h[n] = h_n;
         }
         for (int64_t j = 0; j < lanes; ++j) {
           const int64_t offset = (b * s.dim + d0 + j) * L + t0;
@@ -308,15 +312,21 @@ void backward_lanes(const ScanShape& s, int64_t splits, const scalar_t* dout, co
             const acc_t* h_start = checkpoints + (row * s.n_chunks + c) * N;
             for (int64_t n = 0; n < N; ++n) start[n][j] = h_start[n];
           }
-          // recompute the chunk's states from its checkpoint
+          // recompute the chunk's states from its checkpoint (state index outer, as in the forward: the state
+          // stays in a register along the steps)
           for (int64_t t = 0; t < len; ++t) {
             dt[t] = use_softplus ? softplus_lanes(dt_raw[t]) : dt_raw[t];
             du_t[t] = dt[t] * uu[t];
-            const Vec* previous = t > 0 ? states + (t - 1) * N : start;
-            for (int64_t n = 0; n < N; ++n) {
-              const Vec decay_tn = exp_lanes(dt[t] * a[n]);
+          }
+          for (int64_t n = 0; n < N; ++n) {
+            const Vec a_n = a[n];
+            const acc_t* B_n = B_row + n * L + t0;
+            Vec h_n = start[n];
+            for (int64_t t = 0; t < len; ++t) {
+              const Vec decay_tn = exp_lanes(dt[t] * a_n);
               decay[t * N + n] = decay_tn;
-              states[t * N + n] = decay_tn * previous[n] + du_t[t] * B_row[n * L + t0 + t];
+              h_n = decay_tn * h_n + du_t[t] * B_n[t];
+              states[t * N + n] = h_n;
             }
           }
           // the gate: dz needs y before gating, and dy becomes the gradient of y
