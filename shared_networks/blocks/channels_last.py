@@ -9,6 +9,10 @@ ATen's instance norm, however, converts a channels-last input to the contiguous 
 than the convolutions gain; :class:`ChannelsLastInstanceNorm3d` (and 2d) normalise it in place of its layout.
 A network converts its input with :func:`to_channels_last` when :func:`channels_last_applies`; every module that
 follows keeps the layout (convolutions, instance norms, elementwise operations, the Mamba layers' token view).
+
+oneDNN's direct 3D convolutions already run at about this CPU's matrix-product rate, so :class:`WinogradConv3d` runs
+the 3x3x3 ones with fewer multiplications instead: Winograd's F(2x2x2, 3x3x3) (64 products per 8 outputs and input
+channel instead of 216), on the same channels-last tensors.
 """
 
 from __future__ import annotations
@@ -19,12 +23,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from shared_networks.ssm.cpu_inference import inference_kernels_apply, instance_norm_channels_last
+from shared_networks.ssm.cpu_inference import (
+    conv3d_winograd_channels_last,
+    inference_kernels_apply,
+    instance_norm_channels_last,
+    winograd_weight_transform,
+)
 
 __all__ = [
     "ChannelsLastInstanceNorm2d",
     "ChannelsLastInstanceNorm3d",
     "use_channels_last_instance_norms",
+    "WinogradConv3d",
+    "use_winograd_convolutions",
     "channels_last_applies",
     "to_channels_last",
 ]
@@ -77,6 +88,78 @@ def use_channels_last_instance_norms(module: nn.Module) -> nn.Module:
                 norm.weight, norm.bias = child.weight, child.bias
             norm.train(child.training)
             setattr(parent, name, norm)
+    return module
+
+
+# in_channels x out_channels above which a convolution keeps oneDNN's direct algorithm: the transformed weights are
+# 64/27 times the size of the weights and stay cached, and the wide convolutions of a network's deepest stages work on
+# few voxels (in SegMamba: up to 192 x 384 at 1/4 of the input size takes Winograd, 384 x 384 and wider at 1/8 and 1/16
+# do not; they are under 4 % of its convolution time)
+WINOGRAD_MAX_CHANNEL_PRODUCT = 192 * 384
+
+
+class WinogradConv3d(nn.Conv3d):
+    """``nn.Conv3d`` for 3x3x3 kernels, stride 1, zero padding 1, no dilation or groups (the only kind
+    :func:`use_winograd_convolutions` installs) that, when no gradient is wanted on the CPU and its input is a
+    channels-last float32 volume, convolves by Winograd's F(2x2x2, 3x3x3) (Lavin & Gray, CVPR 2016) with weights
+    transformed once per weight version; elsewhere it is ``nn.Conv3d``. Same arguments, parameters and state dict; the
+    values differ from the direct convolution's by float32 rounding only (about 1e-6 of the largest output)."""
+
+    _winograd_cache: Optional[tuple] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if (
+                x.dim() == 5
+                and x.dtype == torch.float32
+                and x.is_contiguous(memory_format=torch.channels_last_3d)
+                and inference_kernels_apply(x, self.weight, self.bias)
+            ):
+                return conv3d_winograd_channels_last(x, self._weight_transform(), self.bias)
+        return self._conv_forward(x, self.weight, self.bias)
+
+    def _weight_transform(self) -> torch.Tensor:
+        # keyed on the weight's storage and version: loading a state dict or an optimiser step changes the version
+        key = (self.weight.data_ptr(), self.weight._version)
+        if self._winograd_cache is None or self._winograd_cache[0] != key:
+            self._winograd_cache = (key, winograd_weight_transform(self.weight))
+        return self._winograd_cache[1]
+
+
+def _winograd_applies(conv: nn.Module) -> bool:
+    return (
+        type(conv) is nn.Conv3d
+        and conv.kernel_size == (3, 3, 3)
+        and conv.stride == (1, 1, 1)
+        and conv.padding == (1, 1, 1)
+        and conv.dilation == (1, 1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and conv.out_channels % 8 == 0
+        and conv.in_channels * conv.out_channels <= WINOGRAD_MAX_CHANNEL_PRODUCT
+    )
+
+
+def use_winograd_convolutions(module: nn.Module) -> nn.Module:
+    """Replace, in place, every ``nn.Conv3d`` inside ``module`` that :class:`WinogradConv3d` can run (3x3x3, stride 1,
+    zero padding 1, no dilation or groups, out_channels a multiple of 8, in_channels x out_channels at most
+    ``WINOGRAD_MAX_CHANNEL_PRODUCT``) by a :class:`WinogradConv3d` holding the same ``Parameter`` objects, so state
+    dicts do not change.
+
+    Returns:
+        ``module``.
+    """
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if not _winograd_applies(child):
+                continue
+            conv = torch.nn.utils.skip_init(
+                WinogradConv3d, child.in_channels, child.out_channels, 3, padding=1, bias=child.bias is not None,
+                device=child.weight.device, dtype=child.weight.dtype,
+            )
+            conv.weight, conv.bias = child.weight, child.bias
+            conv.train(child.training)
+            setattr(parent, name, conv)
     return module
 
 

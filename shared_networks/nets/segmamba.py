@@ -20,6 +20,7 @@ from shared_networks.blocks.channels_last import (
     channels_last_applies,
     to_channels_last,
     use_channels_last_instance_norms,
+    use_winograd_convolutions,
 )
 from shared_networks.blocks.segmamba_blocks import SegMambaEncoder
 
@@ -103,6 +104,7 @@ class SegMamba(nn.Module):
         self.decoder1 = basic_block(f0, f0)
         self.out = UnetOutBlock(spatial_dims, f0, out_channels)
         use_channels_last_instance_norms(self)
+        use_winograd_convolutions(self)
 
     def forward(self, x_in: torch.Tensor) -> torch.Tensor:
         spatial = list(x_in.shape[2:])

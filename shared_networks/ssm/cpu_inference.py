@@ -11,6 +11,8 @@ built into the C++ extension of :mod:`shared_networks.ssm.cpp_scan`):
   transpose or inverse permutation is made; x_proj and dt_proj are plain matrix products on the rows.
 - :func:`instance_norm_channels_last`: instance normalisation of a channels-last tensor (ATen's converts it to the
   contiguous format first), statistics summed in double.
+- :func:`conv3d_winograd_channels_last`: a 3x3x3 convolution (stride 1, zero padding 1) of a channels-last float32
+  volume by Winograd's F(2x2x2, 3x3x3), on weights transformed once by :func:`winograd_weight_transform`.
 
 They store nothing for a backward pass: :func:`inference_kernels_apply` says when the layers may call them (CPU,
 float32/float64, the C++ backend selected, no gradient wanted); otherwise the layers run their differentiable ops,
@@ -33,6 +35,8 @@ __all__ = [
     "selective_scan_tokens_",
     "mamba_directions_inference",
     "instance_norm_channels_last",
+    "winograd_weight_transform",
+    "conv3d_winograd_channels_last",
 ]
 
 # conv1d weight, conv1d bias, x_proj weight, dt_proj weight, dt_proj bias, A_log, D of one direction, and its scan
@@ -117,6 +121,38 @@ def instance_norm_channels_last(
 @instance_norm_channels_last.register_fake
 def _(x, weight, bias, eps):
     return torch.empty_like(x)
+
+
+def winograd_weight_transform(weight: torch.Tensor) -> torch.Tensor:
+    """The weights of a 3x3x3 convolution (out_channels, in_channels, 3, 3, 3) in Winograd F(2x2x2, 3x3x3) form for
+    :func:`conv3d_winograd_channels_last`: ``G g G^T`` along each axis, as float32 (64, in_channels rounded up to a
+    multiple of 8 with zero rows, out_channels), computed in float64."""
+    if weight.dim() != 5 or tuple(weight.shape[2:]) != (3, 3, 3):
+        raise ValueError(
+            f"a 3x3x3 convolution weight (out_channels, in_channels, 3, 3, 3) is needed, got {tuple(weight.shape)}"
+        )
+    g = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    out_channels, in_channels = weight.shape[:2]
+    transformed = torch.einsum("ai,bj,ck,oxijk->abcxo", g, g, g, weight.detach().to(torch.float64))
+    transformed = transformed.reshape(64, in_channels, out_channels)
+    padding = -in_channels % 8
+    return F.pad(transformed, (0, 0, 0, padding)).to(torch.float32).contiguous()
+
+
+@torch.library.custom_op("shared_networks::conv3d_winograd_channels_last", mutates_args=(), device_types="cpu")
+def conv3d_winograd_channels_last(
+    x: torch.Tensor, weight_transform: torch.Tensor, bias: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """``F.conv3d(x, weight, bias, padding=1)`` of a channels-last contiguous float32 ``x`` (batch, channels, D, H, W)
+    for a 3x3x3 ``weight`` given as ``winograd_weight_transform(weight)``; the result is channels-last. Within a few
+    float32 roundings of the direct convolution (the transforms only add, subtract and halve)."""
+    return _require_extension().conv3d_winograd_channels_last(x, weight_transform, bias)
+
+
+@conv3d_winograd_channels_last.register_fake
+def _(x, weight_transform, bias):
+    shape = (x.shape[0], weight_transform.shape[2], *x.shape[2:])
+    return x.new_empty(shape).contiguous(memory_format=torch.channels_last_3d)
 
 
 def mamba_directions_inference(

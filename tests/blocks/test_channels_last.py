@@ -1,8 +1,8 @@
 # Copyright (c) the shared_networks contributors.
 # Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
 # the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-"""Channels-last execution: the instance-norm swap keeps parameters and state dicts, the swapped norms give
-float64 instance norm's values in every mode, and SegMamba runs channels-last without gradients on the CPU."""
+"""Channels-last execution: the instance-norm and Winograd-convolution swaps keep parameters and state dicts, the
+swapped layers give float64 values in every mode, and SegMamba runs channels-last without gradients on the CPU."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from shared_networks.blocks.channels_last import (
     ChannelsLastInstanceNorm2d,
     ChannelsLastInstanceNorm3d,
+    WinogradConv3d,
     use_channels_last_instance_norms,
+    use_winograd_convolutions,
 )
 from shared_networks.nets import SegMamba
 from shared_networks.ssm.cpp_scan import load_extension
@@ -79,6 +81,50 @@ def test_swapped_norm_scripts():
     x = torch.randn(1, 3, 4, 4, 4)
     torch.testing.assert_close(torch.jit.load(buffer)(x), F.instance_norm(x, weight=net[0].weight, bias=net[0].bias))
     torch.testing.assert_close(torch.jit.script(net[1])(x[:, :2, 0]), F.instance_norm(x[:, :2, 0]))
+
+
+def test_winograd_swap_replaces_only_3x3x3_same_convolutions():
+    torch.manual_seed(3)
+    net = nn.Sequential(
+        nn.Conv3d(4, 16, 3, padding=1), nn.Conv3d(16, 16, 3, padding=1, bias=False),
+        nn.Conv3d(16, 16, 3, stride=2, padding=1), nn.Conv3d(16, 16, 1), nn.Conv3d(16, 16, 3, padding=2, dilation=2),
+        nn.Conv3d(16, 16, 3, padding=1, groups=2), nn.Conv3d(16, 12, 3, padding=1), nn.Conv3d(384, 384, 3, padding=1),
+        nn.Conv2d(16, 16, 3, padding=1), nn.Sequential(nn.Conv3d(16, 8, 3, padding=1, padding_mode="replicate")),
+    )
+    parameters = [id(p) for p in net.parameters()]
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert use_winograd_convolutions(net) is net
+    assert [type(m) is WinogradConv3d for m in net[:9]] == [True, True] + [False] * 7
+    assert type(net[9][0]) is nn.Conv3d
+    assert [id(p) for p in net.parameters()] == parameters and net[1].bias is None
+    after = net.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
+
+
+@needs_kernels
+def test_winograd_conv_values_gradients_and_new_weights():
+    torch.manual_seed(4)
+    conv = use_winograd_convolutions(nn.Sequential(nn.Conv3d(5, 16, 3, padding=1)))[0]
+    x = torch.randn(2, 5, 6, 9, 7)
+    expected = F.conv3d(x.double(), conv.weight.detach().double(), conv.bias.detach().double(), padding=1)
+    with torch.inference_mode():
+        out = conv(x.contiguous(memory_format=torch.channels_last_3d))
+        direct = conv(x)  # a contiguous input takes the direct convolution
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
+    assert float((out.double() - expected).abs().max()) <= 2e-6 * float(expected.abs().max())
+    torch.testing.assert_close(direct, F.conv3d(x, conv.weight, conv.bias, padding=1), rtol=0, atol=0)
+    # with gradients it is nn.Conv3d
+    xg = x.contiguous(memory_format=torch.channels_last_3d).requires_grad_(True)
+    grad = torch.autograd.grad(conv(xg).sin().sum(), conv.weight)[0]
+    expected_grad = torch.autograd.grad(F.conv3d(xg, conv.weight, conv.bias, padding=1).sin().sum(), conv.weight)[0]
+    torch.testing.assert_close(grad, expected_grad)
+    # new weights (a loaded state dict) are transformed again, not served from the cache
+    state = {"weight": torch.randn_like(conv.weight), "bias": torch.randn_like(conv.bias)}
+    conv.load_state_dict(state)
+    with torch.inference_mode():
+        out = conv(x.contiguous(memory_format=torch.channels_last_3d))
+    expected = F.conv3d(x.double(), state["weight"].double(), state["bias"].double(), padding=1)
+    assert float((out.double() - expected).abs().max()) <= 2e-6 * float(expected.abs().max())
 
 
 @needs_kernels

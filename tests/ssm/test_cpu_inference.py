@@ -131,6 +131,43 @@ def test_instance_norm_channels_last_equals_float64_instance_norm(dtype, shape, 
     assert_close_to(out, expected, dtype if dtype == torch.float64 else torch.float32)
 
 
+@pytest.mark.parametrize(
+    "shape, out_channels",
+    [
+        ((2, 16, 6, 8, 10), 32),  # even sizes; two 16-channel panels
+        ((1, 12, 5, 7, 9), 24),  # odd sizes (partial tiles), input channels padded to 16, an 8-channel panel left
+        ((1, 4, 13, 11, 12), 8),  # 4 input channels (the first convolution of a BraTS network), > 48 tiles per block
+        ((1, 8, 1, 1, 1), 16),  # one voxel: only the kernel's centre sees data
+    ],
+)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_winograd_conv3d_equals_float64_conv3d(shape, out_channels, with_bias):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(*shape, generator=gen) * 2 + 0.5
+    weight = torch.randn(out_channels, shape[1], 3, 3, 3, generator=gen) / (3 * shape[1] ** 0.5)
+    bias = torch.randn(out_channels, generator=gen) if with_bias else None
+    transformed = cpu_inference.winograd_weight_transform(weight)
+    assert transformed.shape == (64, -(-shape[1] // 8) * 8, out_channels) and transformed.dtype == torch.float32
+    out = cpu_inference.conv3d_winograd_channels_last(x.contiguous(memory_format=torch.channels_last_3d), transformed,
+                                                      bias)
+    expected = F.conv3d(x.double(), weight.double(), None if bias is None else bias.double(), padding=1)
+    assert out.shape == expected.shape and out.is_contiguous(memory_format=torch.channels_last_3d)
+    # the transforms only add, subtract and halve: a few float32 roundings of the largest output
+    assert float((out.double() - expected).abs().max()) <= 2e-6 * float(expected.abs().max())
+
+
+def test_winograd_weight_transform_of_a_centre_tap_is_the_transform_of_a_delta():
+    # g = delta at the kernel's centre: G g along an axis is (0, 1/2, -1/2, 0), so U[a, b, c] is the product of three
+    weight = torch.zeros(8, 1, 3, 3, 3)
+    weight[:, 0, 1, 1, 1] = 1.0
+    g = torch.tensor([0.0, 0.5, -0.5, 0.0])
+    expected = torch.einsum("a,b,c->abc", g, g, g).reshape(64)
+    transformed = cpu_inference.winograd_weight_transform(weight)
+    assert transformed.shape == (64, 8, 8)
+    torch.testing.assert_close(transformed[:, 0, :], expected[:, None].expand(64, 8), rtol=0, atol=0)
+    assert not transformed[:, 1:].any()  # the padding rows of the input channels
+
+
 def test_kernels_refuse_bad_inputs_with_their_names():
     x = torch.randn(1, 10, 8)
     with pytest.raises(RuntimeError, match="weight must be a contiguous"):
@@ -139,6 +176,14 @@ def test_kernels_refuse_bad_inputs_with_their_names():
         cpu_inference.causal_conv1d_silu_tokens(x, torch.arange(9), torch.randn(4, 8), None)
     with pytest.raises(RuntimeError, match="channels-last"):
         cpu_inference.instance_norm_channels_last(torch.randn(1, 3, 4, 4, 4), None, None, 1e-5)
+    transformed = cpu_inference.winograd_weight_transform(torch.randn(8, 3, 3, 3, 3))
+    with pytest.raises(RuntimeError, match="x must be a channels-last contiguous float32"):
+        cpu_inference.conv3d_winograd_channels_last(torch.randn(1, 3, 4, 4, 4), transformed, None)
+    with pytest.raises(RuntimeError, match=r"weight_transform must be .*\(64, 8, out_channels\)"):
+        cpu_inference.conv3d_winograd_channels_last(
+            torch.randn(1, 3, 4, 4, 4).contiguous(memory_format=torch.channels_last_3d), transformed[:, :4], None)
+    with pytest.raises(ValueError, match="3x3x3 convolution weight"):
+        cpu_inference.winograd_weight_transform(torch.randn(8, 3, 1, 1, 1))
     inputs = scan_inputs(torch.float32, dim=8, n_state=4)
     with pytest.raises(RuntimeError, match="C must be"):
         cpu_inference.selective_scan_tokens_(torch.empty_like(inputs["u"]), inputs["u"], inputs["delta"],
