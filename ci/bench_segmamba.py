@@ -10,6 +10,8 @@ generic scan path that traced and scripted models keep). ``--baseline PATH`` add
 of another checkout (e.g. a git worktree of an earlier commit). Both run on the same weights and input, and the speed
 ratio and the largest relative difference of the outputs are printed. ``--flops`` counts the forward's FLOPs (torch's
 FlopCounterMode) and prints the distance to the compute floor: counted FLOPs / this machine's measured fp32 GEMM rate.
+FlopCounterMode counts a convolution's direct multiply-adds; the 3x3x3 convolutions that run by Winograd's F(2,3)
+(``shared_networks.blocks.channels_last.WinogradConv3d``) do 64/216 of those, so that forward can go below 1x.
 
     .venv/bin/python ci/bench_segmamba.py              # 128^3, the release's patch (reference takes minutes)
     .venv/bin/python ci/bench_segmamba.py --size 64    # quicker
@@ -81,8 +83,19 @@ def run_variant(variant: str, size: int, threads: int, repeats: int, output: str
     if flops:
         from torch.utils.flop_counter import FlopCounterMode
 
+        # counted on the direct convolutions: FlopCounterMode does not know the Winograd operator (a baseline
+        # checkout may have neither)
+        try:
+            import shared_networks.blocks.channels_last as channels_last_module
+        except ImportError:
+            channels_last_module = None
+        if channels_last_module is not None:
+            kernels_apply = channels_last_module.inference_kernels_apply
+            channels_last_module.inference_kernels_apply = lambda *_: False
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             net(x)
+        if channels_last_module is not None:
+            channels_last_module.inference_kernels_apply = kernels_apply
         counted = counter.get_total_flops()
     if output:
         torch.save(y, output)
