@@ -110,6 +110,8 @@ def test_winograd_conv_values_gradients_and_new_weights():
     with torch.inference_mode():
         out = conv(x.contiguous(memory_format=torch.channels_last_3d))
         direct = conv(x)  # a contiguous input takes the direct convolution
+    with torch.no_grad():  # the transform cached under inference_mode serves torch.no_grad too
+        torch.testing.assert_close(conv(x.contiguous(memory_format=torch.channels_last_3d)), out, rtol=0, atol=0)
     assert out.is_contiguous(memory_format=torch.channels_last_3d)
     assert float((out.double() - expected).abs().max()) <= 2e-6 * float(expected.abs().max())
     torch.testing.assert_close(direct, F.conv3d(x, conv.weight, conv.bias, padding=1), rtol=0, atol=0)

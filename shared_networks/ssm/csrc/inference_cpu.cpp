@@ -367,12 +367,15 @@ inline void winograd_input_tile(const float* x, int64_t D, int64_t H, int64_t W,
   for (int64_t a = 0; a < 4; ++a) {
     for (int64_t b = 0; b < 4; ++b) {
       const int64_t z = z0 + a, y = y0 + b;
-      const bool row_inside = z >= 0 && z < D && y >= 0 && y < H;
-      const float* row = x + (z * H + y) * W * C + c0;
       FloatLanes r[4];
-      for (int64_t e = 0; e < 4; ++e) {
-        const int64_t xe = x0 + e;
-        r[e] = row_inside && xe >= 0 && xe < W ? load_lanes(row + xe * C, count) : FloatLanes{};
+      if (z >= 0 && z < D && y >= 0 && y < H) {
+        const float* row = x + (z * H + y) * W * C + c0;
+        for (int64_t e = 0; e < 4; ++e) {
+          const int64_t xe = x0 + e;
+          r[e] = xe >= 0 && xe < W ? load_lanes(row + xe * C, count) : FloatLanes{};
+        }
+      } else {
+        for (int64_t e = 0; e < 4; ++e) r[e] = FloatLanes{};
       }
       FloatLanes* o = d + (a * 4 + b) * 4;
       o[0] = r[0] - r[2];
