@@ -458,6 +458,15 @@ inline void winograd_output_tile(const float* m, int64_t K, FloatLanes bias, Flo
   }
 }
 
+// tile number -> (batch item, tile position along z, y, x), tiles numbered x fastest
+struct WinogradTile {
+  int64_t n, z, y, x;
+};
+
+inline WinogradTile winograd_tile(int64_t index, int64_t tD, int64_t tH, int64_t tW) {
+  return {index / (tW * tH * tD), (index / (tW * tH)) % tD, (index / tW) % tH, index % tW};
+}
+
 at::Tensor conv3d_winograd_channels_last(const at::Tensor& x, const at::Tensor& weight_transform,
                                          const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.dim() == 5 && x.is_contiguous(at::MemoryFormat::ChannelsLast3d) && x.device().is_cpu() &&
@@ -490,8 +499,8 @@ at::Tensor conv3d_winograd_channels_last(const at::Tensor& x, const at::Tensor& 
     for (int64_t block = begin; block < end; ++block) {
       const int64_t t0 = block * kWinogradTiles, count = std::min(kWinogradTiles, tiles - t0);
       for (int64_t t = 0; t < count; ++t) {
-        int64_t index = t0 + t;
-        const int64_t tx = index % tW, ty = (index / tW) % tH, tz = (index / (tW * tH)) % tD, n = index / (tW * tH * tD);
+        const WinogradTile tile = winograd_tile(t0 + t, tD, tH, tW);
+        const int64_t n = tile.n, tz = tile.z, ty = tile.y, tx = tile.x;
         const float* xn = xp + n * D * H * W * C;
         for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) {
           winograd_input_tile(xn, D, H, W, C, 2 * tz - 1, 2 * ty - 1, 2 * tx - 1, c0, std::min(kLanes, C - c0), d);
@@ -513,8 +522,8 @@ at::Tensor conv3d_winograd_channels_last(const at::Tensor& x, const at::Tensor& 
         }
       }
       for (int64_t t = 0; t < count; ++t) {
-        int64_t index = t0 + t;
-        const int64_t tx = index % tW, ty = (index / tW) % tH, tz = (index / (tW * tH)) % tD, n = index / (tW * tH * tD);
+        const WinogradTile tile = winograd_tile(t0 + t, tD, tH, tW);
+        const int64_t n = tile.n, tz = tile.z, ty = tile.y, tx = tile.x;
         float* on = op + n * D * H * W * K;
         for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
           winograd_output_tile(M + t * 64 * K + k0, K, bp ? load_lanes(bp + k0, kLanes) : FloatLanes{}, y);
