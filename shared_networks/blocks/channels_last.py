@@ -11,8 +11,8 @@ A network converts its input with :func:`to_channels_last` when :func:`channels_
 follows keeps the layout (convolutions, instance norms, elementwise operations, the Mamba layers' token view).
 
 oneDNN's direct 3D convolutions already run at about this CPU's matrix-product rate, so :class:`WinogradConv3d` runs
-the 3x3x3 ones with fewer multiplications instead: Winograd's F(2x2x2, 3x3x3) (64 products per 8 outputs and input
-channel instead of 216), on the same channels-last tensors.
+the 3x3x3 ones with fewer multiplications instead: Winograd's F(3x3x3, 3x3x3) (125 products per 27 outputs and input
+channel instead of 729) or F(2x2x2, 3x3x3) (64 per 8 instead of 216), on the same channels-last tensors.
 """
 
 from __future__ import annotations
@@ -92,19 +92,21 @@ def use_channels_last_instance_norms(module: nn.Module) -> nn.Module:
 
 
 # in_channels x out_channels above which a convolution keeps oneDNN's direct algorithm: the transformed weights are
-# 64/27 times the size of the weights and stay cached, and the wide convolutions of a network's deepest stages work on
-# few voxels (in SegMamba, 384 x 384 and wider, at 1/8 and 1/16 of the input size, keep it: about 5 % of its
-# convolution time at 128^3, and 453 MB of transformed weights not kept; the others keep 100 MB)
+# 125/27 (F(3)) or 64/27 (F(2)) times the size of the weights and stay cached, and the wide convolutions of a
+# network's deepest stages work on few voxels (in SegMamba, 384 x 384 and wider, at 1/8 and 1/16 of the input size,
+# keep it: about 5 % of its time at 128^3, and 885 MB of F(3) weights not kept; the others keep 196 MB)
 WINOGRAD_MAX_CHANNEL_PRODUCT = 192 * 384
 
 
 class WinogradConv3d(nn.Conv3d):
     """``nn.Conv3d`` for 3x3x3 kernels, stride 1, zero padding 1, no dilation or groups (the only kind
     :func:`use_winograd_convolutions` installs) that, when no gradient is wanted on the CPU and its input is a
-    channels-last float32 volume, convolves by Winograd's F(2x2x2, 3x3x3) (Lavin & Gray, CVPR 2016) with weights
-    transformed once per weight version; elsewhere it is ``nn.Conv3d``. Same arguments, parameters and state dict; the
-    values differ from the direct convolution's by float32 rounding only (about 1e-6 of the largest output)."""
+    channels-last float32 volume, convolves by Winograd's F(m x m x m, 3x3x3) (Lavin & Gray, CVPR 2016),
+    ``m = winograd_output_tile`` (3 by default, or 2), with weights transformed once per weight version; elsewhere it
+    is ``nn.Conv3d``. Same arguments, parameters and state dict; the values differ from the direct convolution's by
+    float32 rounding only (about 7e-6 of the largest output for m = 3, 5e-7 for m = 2)."""
 
+    winograd_output_tile = 3
     _winograd_cache: Optional[tuple] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,9 +122,9 @@ class WinogradConv3d(nn.Conv3d):
 
     def _weight_transform(self) -> torch.Tensor:
         # keyed on the weight's storage and version: loading a state dict or an optimiser step changes the version
-        key = (self.weight.data_ptr(), self.weight._version)
+        key = (self.weight.data_ptr(), self.weight._version, self.winograd_output_tile)
         if self._winograd_cache is None or self._winograd_cache[0] != key:
-            self._winograd_cache = (key, winograd_weight_transform(self.weight))
+            self._winograd_cache = (key, winograd_weight_transform(self.weight, self.winograd_output_tile))
         return self._winograd_cache[1]
 
 
@@ -140,15 +142,22 @@ def _winograd_applies(conv: nn.Module) -> bool:
     )
 
 
-def use_winograd_convolutions(module: nn.Module) -> nn.Module:
+def use_winograd_convolutions(module: nn.Module, output_tile: int = 3) -> nn.Module:
     """Replace, in place, every ``nn.Conv3d`` inside ``module`` that :class:`WinogradConv3d` can run (3x3x3, stride 1,
     zero padding 1, no dilation or groups, out_channels a multiple of 8, in_channels x out_channels at most
     ``WINOGRAD_MAX_CHANNEL_PRODUCT``) by a :class:`WinogradConv3d` holding the same ``Parameter`` objects, so state
     dicts do not change.
 
+    Args:
+        module: the network.
+        output_tile: m of Winograd's F(m x m x m, 3x3x3): 3 (fewer multiplications) or 2 (about 15x smaller float32
+            error).
+
     Returns:
         ``module``.
     """
+    if output_tile not in (2, 3):
+        raise ValueError(f"output_tile must be 2 or 3, got {output_tile!r}")
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if not _winograd_applies(child):
@@ -158,6 +167,7 @@ def use_winograd_convolutions(module: nn.Module) -> nn.Module:
                 device=child.weight.device, dtype=child.weight.dtype,
             )
             conv.weight, conv.bias = child.weight, child.bias
+            conv.winograd_output_tile = output_tile
             conv.train(child.training)
             setattr(parent, name, conv)
     return module

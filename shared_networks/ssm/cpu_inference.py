@@ -12,7 +12,8 @@ built into the C++ extension of :mod:`shared_networks.ssm.cpp_scan`):
 - :func:`instance_norm_channels_last`: instance normalisation of a channels-last tensor (ATen's converts it to the
   contiguous format first), statistics summed in double.
 - :func:`conv3d_winograd_channels_last`: a 3x3x3 convolution (stride 1, zero padding 1) of a channels-last float32
-  volume by Winograd's F(2x2x2, 3x3x3), on weights transformed once by :func:`winograd_weight_transform`.
+  volume by Winograd's F(2x2x2, 3x3x3) or F(3x3x3, 3x3x3), on weights transformed once by
+  :func:`winograd_weight_transform`.
 
 They store nothing for a backward pass: :func:`inference_kernels_apply` says when the layers may call them (CPU,
 float32/float64, the C++ backend selected, no gradient wanted); otherwise the layers run their differentiable ops,
@@ -123,18 +124,28 @@ def _(x, weight, bias, eps):
     return torch.empty_like(x)
 
 
-def winograd_weight_transform(weight: torch.Tensor) -> torch.Tensor:
-    """The weights of a 3x3x3 convolution (out_channels, in_channels, 3, 3, 3) in Winograd F(2x2x2, 3x3x3) form for
-    :func:`conv3d_winograd_channels_last`: ``G g G^T`` along each axis, as float32 (64, in_channels rounded up to a
-    multiple of 8 with zero rows, out_channels), computed in float64."""
+# G of Winograd's F(m, 3) for m = 2 (points 0, 1, -1, infinity) and m = 3 (points 0, 1, -1, 1/2, infinity); the
+# kernel holds the matching B^T and A^T
+_WINOGRAD_G = {
+    2: ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0)),
+    3: ((2.0, 0.0, 0.0), (1.0, 1.0, 1.0), (-1 / 3, 1 / 3, -1 / 3), (-8 / 3, -4 / 3, -2 / 3), (0.0, 0.0, 1.0)),
+}
+
+
+def winograd_weight_transform(weight: torch.Tensor, output_tile: int = 2) -> torch.Tensor:
+    """The weights of a 3x3x3 convolution (out_channels, in_channels, 3, 3, 3) in Winograd F(m x m x m, 3x3x3) form
+    for :func:`conv3d_winograd_channels_last`, ``m = output_tile`` (2 or 3): ``G g G^T`` along each axis, as float32
+    ((m + 2)^3, in_channels rounded up to a multiple of 8 with zero rows, out_channels), computed in float64."""
     if weight.dim() != 5 or tuple(weight.shape[2:]) != (3, 3, 3):
         raise ValueError(
             f"a 3x3x3 convolution weight (out_channels, in_channels, 3, 3, 3) is needed, got {tuple(weight.shape)}"
         )
-    g = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    if output_tile not in _WINOGRAD_G:
+        raise ValueError(f"output_tile must be 2 or 3, got {output_tile!r}")
+    g = torch.tensor(_WINOGRAD_G[output_tile], dtype=torch.float64)
     out_channels, in_channels = weight.shape[:2]
     transformed = torch.einsum("ai,bj,ck,oxijk->abcxo", g, g, g, weight.detach().to(torch.float64))
-    transformed = transformed.reshape(64, in_channels, out_channels)
+    transformed = transformed.reshape((output_tile + 2) ** 3, in_channels, out_channels)
     padding = -in_channels % 8
     return F.pad(transformed, (0, 0, 0, padding)).to(torch.float32).contiguous()
 
@@ -144,8 +155,9 @@ def conv3d_winograd_channels_last(
     x: torch.Tensor, weight_transform: torch.Tensor, bias: Optional[torch.Tensor]
 ) -> torch.Tensor:
     """``F.conv3d(x, weight, bias, padding=1)`` of a channels-last contiguous float32 ``x`` (batch, channels, D, H, W)
-    for a 3x3x3 ``weight`` given as ``winograd_weight_transform(weight)``; the result is channels-last. Within a few
-    float32 roundings of the direct convolution (the transforms only add, subtract and halve)."""
+    for a 3x3x3 ``weight`` given as ``winograd_weight_transform(weight, m)``, m = 2 or 3 (read from its shape); the
+    result is channels-last. Within float32 rounding of the direct convolution: about 5e-7 of the largest output for
+    m = 2, whose transforms only add, subtract and halve, and about 7e-6 for m = 3."""
     return _require_extension().conv3d_winograd_channels_last(x, weight_transform, bias)
 
 

@@ -97,14 +97,17 @@ def test_winograd_swap_replaces_only_3x3x3_same_convolutions():
     assert [type(m) is WinogradConv3d for m in net[:9]] == [True, True] + [False] * 7
     assert type(net[9][0]) is nn.Conv3d
     assert [id(p) for p in net.parameters()] == parameters and net[1].bias is None
+    assert net[0].winograd_output_tile == 3
     after = net.state_dict()
     assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
 
 
 @needs_kernels
-def test_winograd_conv_values_gradients_and_new_weights():
+@pytest.mark.parametrize("output_tile, tolerance", [(3, 2e-5), (2, 2e-6)])
+def test_winograd_conv_values_gradients_and_new_weights(output_tile, tolerance):
     torch.manual_seed(4)
-    conv = use_winograd_convolutions(nn.Sequential(nn.Conv3d(5, 16, 3, padding=1)))[0]
+    conv = use_winograd_convolutions(nn.Sequential(nn.Conv3d(5, 16, 3, padding=1)), output_tile)[0]
+    assert conv.winograd_output_tile == output_tile
     x = torch.randn(2, 5, 6, 9, 7)
     expected = F.conv3d(x.double(), conv.weight.detach().double(), conv.bias.detach().double(), padding=1)
     with torch.inference_mode():
@@ -113,7 +116,7 @@ def test_winograd_conv_values_gradients_and_new_weights():
     with torch.no_grad():  # the transform cached under inference_mode serves torch.no_grad too
         torch.testing.assert_close(conv(x.contiguous(memory_format=torch.channels_last_3d)), out, rtol=0, atol=0)
     assert out.is_contiguous(memory_format=torch.channels_last_3d)
-    assert float((out.double() - expected).abs().max()) <= 2e-6 * float(expected.abs().max())
+    assert float((out.double() - expected).abs().max()) <= tolerance * float(expected.abs().max())
     torch.testing.assert_close(direct, F.conv3d(x, conv.weight, conv.bias, padding=1), rtol=0, atol=0)
     # with gradients it is nn.Conv3d
     xg = x.contiguous(memory_format=torch.channels_last_3d).requires_grad_(True)
@@ -126,7 +129,9 @@ def test_winograd_conv_values_gradients_and_new_weights():
     with torch.inference_mode():
         out = conv(x.contiguous(memory_format=torch.channels_last_3d))
     expected = F.conv3d(x.double(), state["weight"].double(), state["bias"].double(), padding=1)
-    assert float((out.double() - expected).abs().max()) <= 2e-6 * float(expected.abs().max())
+    assert float((out.double() - expected).abs().max()) <= tolerance * float(expected.abs().max())
+    with pytest.raises(ValueError, match="output_tile must be 2 or 3, got 4"):
+        use_winograd_convolutions(nn.Conv3d(5, 16, 3, padding=1), 4)
 
 
 @needs_kernels

@@ -13,9 +13,10 @@
 // - instance_norm_channels_last: instance normalisation of a channels-last tensor without converting it to the
 //   contiguous format (ATen's instance_norm does), statistics summed in double;
 // - conv3d_winograd_channels_last: a 3x3x3 convolution (stride 1, zero padding 1) of a channels-last float32 volume by
-//   Winograd's minimal filtering F(2x2x2, 3x3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
-//   CVPR 2016): 64 multiplications per 2x2x2 outputs and input channel instead of 216. oneDNN has no 3D Winograd, and
-//   its direct 3D convolutions run at this CPU's GEMM rate, so fewer multiplications are the only way to run faster.
+//   Winograd's minimal filtering F(m x m x m, 3x3x3), m = 2 or 3 (Lavin & Gray, "Fast Algorithms for Convolutional
+//   Neural Networks", CVPR 2016): 8 (m = 2) or 4.6 (m = 3) multiplications per output and input channel instead of
+//   27. oneDNN has no 3D Winograd, and its direct 3D convolutions run at this CPU's GEMM rate, so fewer
+//   multiplications are the only way to run faster.
 //
 // These are forward-only kernels: the networks call them when no gradient is needed and fall back to the
 // differentiable ops otherwise (shared_networks.ssm.cpu_inference).
@@ -337,19 +338,21 @@ at::Tensor instance_norm_channels_last(const at::Tensor& x, const std::optional<
   return out;
 }
 
-// ---- Winograd F(2x2x2, 3x3x3) ----
-// One tile = 2x2x2 outputs, computed from the 4x4x4 inputs around them. Per tile and channel, the input is transformed
-// by B^T along each axis (64 values), multiplied position by position with the transformed weights U = G g G^T (64
-// matrices of (in_channels, out_channels), made once per weight by the caller), and the 64 products are reduced by A^T
-// along each axis to the 8 outputs:
-//   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],  G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1],
-//   A^T = [1 1 1 0; 0 1 -1 -1].
-// Work items are blocks of kWinogradTiles tiles: transform their inputs into V (tile, position, in_channels), multiply
-// into M (tile, position, out_channels), transform M into the output. A block's V and M (about 1 MB for 48 channels)
-// stay in the caches of the core that made them; the multiplication keeps a 6-tile x 16-channel block of results in
-// vector registers (AVX2: 12 of its 16).
-
-constexpr int64_t kWinogradTiles = 48;
+// ---- Winograd F(m x m x m, 3x3x3), m = 2 or 3 ----
+// One tile = m^3 outputs, computed from the n^3 inputs around them (n = m + 2). Per tile and channel, the input is
+// transformed by B^T along each axis (n^3 values), multiplied position by position with the transformed weights
+// U = G g G^T (n^3 matrices of (in_channels, out_channels), made once per weight by the caller), and the n^3 products
+// are reduced by A^T along each axis to the m^3 outputs (Lavin & Gray's construction on the points 0, 1, -1 (m = 2)
+// and 0, 1, -1, 1/2 (m = 3), each with infinity):
+//   m = 2: B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],  G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1],
+//          A^T = [1 1 1 0; 0 1 -1 -1];
+//   m = 3: B^T = [1/2 -1 -1/2 1 0; 0 -1/2 1/2 1 0; 0 1/2 -3/2 1 0; 0 -1 0 1 0; 0 1/2 -1 -1/2 1],
+//          G = [2 0 0; 1 1 1; -1/3 1/3 -1/3; -8/3 -4/3 -2/3; 0 0 1],  A^T = [1 1 1 1 0; 0 1 -1 1/2 0; 0 1 1 1/4 1].
+// m = 3 needs 125 products per 27 outputs instead of 64 per 8 (1.73x fewer); its float32 error is about 15x F(2)'s
+// (about 7e-6 of the largest output against 5e-7), still far below what a network's output tolerates.
+// Work items are blocks of tiles: transform their inputs into V (tile, position, in_channels), multiply into M (tile,
+// position, out_channels), transform M into the output. A block's V and M stay in the caches of the core that made
+// them; the multiplication keeps a 6-tile x 16-channel block of results in vector registers (AVX2: 12 of its 16).
 constexpr int64_t kProductRows = 6;
 constexpr int64_t kProductCols = 2 * kLanes;
 
@@ -360,48 +363,76 @@ using FloatLanes = LaneVec<float>;
 static_assert(kLanes == 8, "broadcast_lanes fills 8 lanes");
 inline FloatLanes broadcast_lanes(float s) { return FloatLanes{s, s, s, s, s, s, s, s}; }
 
-// the tile's 4x4x4 inputs from (z0, y0, x0) on (zero outside the volume), channels c0 .. c0 + count, transformed by
-// B^T along x, y and z, into d[(a * 4 + b) * 4 + e]
+// B^T of F(m, 3) on the n = m + 2 values v[0], v[s], ..., in place
+template <int64_t m>
+inline void winograd_input_1d(FloatLanes* v, int64_t s);
+
+template <>
+inline void winograd_input_1d<2>(FloatLanes* v, int64_t s) {
+  const FloatLanes r0 = v[0], r1 = v[s], r2 = v[2 * s], r3 = v[3 * s];
+  v[0] = r0 - r2;
+  v[s] = r1 + r2;
+  v[2 * s] = r2 - r1;
+  v[3 * s] = r1 - r3;
+}
+
+template <>
+inline void winograd_input_1d<3>(FloatLanes* v, int64_t s) {
+  const FloatLanes r0 = v[0], r1 = v[s], r2 = v[2 * s], r3 = v[3 * s], r4 = v[4 * s];
+  const FloatLanes half = broadcast_lanes(0.5f);
+  const FloatLanes h12 = half * (r1 - r2);
+  v[0] = half * (r0 - r2) - r1 + r3;
+  v[s] = r3 - h12;
+  v[2 * s] = h12 - r2 + r3;
+  v[3 * s] = r3 - r1;
+  v[4 * s] = half * (r1 - r3) - r2 + r4;
+}
+
+// A^T of F(m, 3): the n = m + 2 values p[0], p[s], ... reduced to the m values o[0], o[t], ...
+template <int64_t m>
+inline void winograd_output_1d(const FloatLanes* p, int64_t s, FloatLanes* o, int64_t t);
+
+template <>
+inline void winograd_output_1d<2>(const FloatLanes* p, int64_t s, FloatLanes* o, int64_t t) {
+  const FloatLanes m0 = p[0], m1 = p[s], m2 = p[2 * s], m3 = p[3 * s];
+  o[0] = m0 + m1 + m2;
+  o[t] = m1 - m2 - m3;
+}
+
+template <>
+inline void winograd_output_1d<3>(const FloatLanes* p, int64_t s, FloatLanes* o, int64_t t) {
+  const FloatLanes m0 = p[0], m1 = p[s], m2 = p[2 * s], m3 = p[3 * s], m4 = p[4 * s];
+  o[0] = m0 + m1 + m2 + m3;
+  o[t] = m1 - m2 + broadcast_lanes(0.5f) * m3;
+  o[2 * t] = m1 + m2 + broadcast_lanes(0.25f) * m3 + m4;
+}
+
+// the tile's n^3 inputs from (z0, y0, x0) on (zero outside the volume), channels c0 .. c0 + count, transformed by
+// B^T along x, y and z, into d[(a * n + b) * n + e]
+template <int64_t m>
 inline void winograd_input_tile(const float* x, int64_t D, int64_t H, int64_t W, int64_t C, int64_t z0, int64_t y0,
                                 int64_t x0, int64_t c0, int64_t count, FloatLanes* d) {
-  for (int64_t a = 0; a < 4; ++a) {
-    for (int64_t b = 0; b < 4; ++b) {
+  constexpr int64_t n = m + 2;
+  for (int64_t a = 0; a < n; ++a) {
+    for (int64_t b = 0; b < n; ++b) {
       const int64_t z = z0 + a, y = y0 + b;
-      FloatLanes r[4];
+      FloatLanes* r = d + (a * n + b) * n;
       if (z >= 0 && z < D && y >= 0 && y < H) {
         const float* row = x + (z * H + y) * W * C + c0;
-        for (int64_t e = 0; e < 4; ++e) {
+        for (int64_t e = 0; e < n; ++e) {
           const int64_t xe = x0 + e;
           r[e] = xe >= 0 && xe < W ? load_lanes(row + xe * C, count) : FloatLanes{};
         }
       } else {
-        for (int64_t e = 0; e < 4; ++e) r[e] = FloatLanes{};
+        for (int64_t e = 0; e < n; ++e) r[e] = FloatLanes{};
       }
-      FloatLanes* o = d + (a * 4 + b) * 4;
-      o[0] = r[0] - r[2];
-      o[1] = r[1] + r[2];
-      o[2] = r[2] - r[1];
-      o[3] = r[1] - r[3];
+      winograd_input_1d<m>(r, 1);
     }
   }
-  for (int64_t a = 0; a < 4; ++a) {
-    for (int64_t e = 0; e < 4; ++e) {
-      FloatLanes* o = d + a * 16 + e;
-      const FloatLanes r0 = o[0], r1 = o[4], r2 = o[8], r3 = o[12];
-      o[0] = r0 - r2;
-      o[4] = r1 + r2;
-      o[8] = r2 - r1;
-      o[12] = r1 - r3;
-    }
+  for (int64_t a = 0; a < n; ++a) {
+    for (int64_t e = 0; e < n; ++e) winograd_input_1d<m>(d + a * n * n + e, n);
   }
-  for (int64_t i = 0; i < 16; ++i) {
-    FloatLanes* o = d + i;
-    const FloatLanes r0 = o[0], r1 = o[16], r2 = o[32], r3 = o[48];
-    o[0] = r0 - r2;
-    o[16] = r1 + r2;
-    o[32] = r2 - r1;
-    o[48] = r1 - r3;
-  }
+  for (int64_t i = 0; i < n * n; ++i) winograd_input_1d<m>(d + i, n * n);
 }
 
 // out[r][:] = sum_c a[r * lda + c] * b[c * ldb + :] for kProductRows rows and cols (kLanes or 2 kLanes) columns
@@ -433,29 +464,28 @@ inline void winograd_product_block(const float* a, int64_t lda, const float* b, 
   }
 }
 
-// a tile's 64 products (position p at m + p * K) reduced by A^T along x, y and z, plus the bias: y[(a * 2 + b) * 2 + e]
-inline void winograd_output_tile(const float* m, int64_t K, FloatLanes bias, FloatLanes* y) {
-  FloatLanes s[32];  // (z, y, x') after x
-  for (int64_t i = 0; i < 16; ++i) {
-    const float* q = m + i * 4 * K;
-    const FloatLanes m0 = load_lanes(q, kLanes), m1 = load_lanes(q + K, kLanes), m2 = load_lanes(q + 2 * K, kLanes),
-                     m3 = load_lanes(q + 3 * K, kLanes);
-    s[i * 2] = m0 + m1 + m2;
-    s[i * 2 + 1] = m1 - m2 - m3;
+// a tile's n^3 products (position p at mp + p * K) reduced by A^T along x, y and z, plus the bias:
+// y[(a * m + b) * m + e]
+template <int64_t m>
+inline void winograd_output_tile(const float* mp, int64_t K, FloatLanes bias, FloatLanes* y) {
+  constexpr int64_t n = m + 2;
+  FloatLanes row[n], s[n * n * m], u[n * m * m];
+  for (int64_t i = 0; i < n * n; ++i) {  // (z, y, x) -> (z, y, x')
+    for (int64_t e = 0; e < n; ++e) row[e] = load_lanes(mp + (i * n + e) * K, kLanes);
+    winograd_output_1d<m>(row, 1, s + i * m, 1);
   }
-  FloatLanes u[16];  // (z, y', x') after y
-  for (int64_t a = 0; a < 4; ++a) {
-    for (int64_t e = 0; e < 2; ++e) {
-      const FloatLanes m0 = s[a * 8 + e], m1 = s[a * 8 + 2 + e], m2 = s[a * 8 + 4 + e], m3 = s[a * 8 + 6 + e];
-      u[a * 4 + e] = m0 + m1 + m2;
-      u[a * 4 + 2 + e] = m1 - m2 - m3;
-    }
+  for (int64_t a = 0; a < n; ++a) {  // -> (z, y', x')
+    for (int64_t e = 0; e < m; ++e) winograd_output_1d<m>(s + a * n * m + e, m, u + a * m * m + e, m);
   }
-  for (int64_t i = 0; i < 4; ++i) {
-    const FloatLanes m0 = u[i], m1 = u[4 + i], m2 = u[8 + i], m3 = u[12 + i];
-    y[i] = m0 + m1 + m2 + bias;
-    y[4 + i] = m1 - m2 - m3 + bias;
-  }
+  for (int64_t i = 0; i < m * m; ++i) winograd_output_1d<m>(u + i, m * m, y + i, m * m);  // -> (z', y', x')
+  for (int64_t i = 0; i < m * m * m; ++i) y[i] += bias;
+}
+
+// Tiles per work item. Each block reads all the transformed weights U once, and writes and reads its V and M: few
+// channels want small blocks whose V and M stay in L2 (48 x 48 channels by F(3): 0.82 s in blocks of 12 tiles, 0.90 s
+// in blocks of 48, at 128^3 on 2 cores), many channels want U read by fewer blocks (384 x 192: 0.74 s against 0.43 s).
+inline int64_t winograd_block_tiles(int64_t in_channels, int64_t out_channels) {
+  return in_channels * out_channels <= 96 * 96 ? 12 : 48;
 }
 
 // tile number -> (batch item, tile position along z, y, x), tiles numbered x fastest
@@ -467,71 +497,54 @@ inline WinogradTile winograd_tile(int64_t index, int64_t tD, int64_t tH, int64_t
   return {index / (tW * tH * tD), (index / (tW * tH)) % tD, (index / tW) % tH, index % tW};
 }
 
-at::Tensor conv3d_winograd_channels_last(const at::Tensor& x, const at::Tensor& weight_transform,
-                                         const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 5 && x.is_contiguous(at::MemoryFormat::ChannelsLast3d) && x.device().is_cpu() &&
-                  x.scalar_type() == at::kFloat,
-              "x must be a channels-last contiguous float32 CPU tensor (batch, channels, D, H, W), got ", x.sizes());
-  const int64_t N = x.size(0), C = x.size(1), D = x.size(2), H = x.size(3), W = x.size(4);
-  const int64_t Cp = (C + kLanes - 1) / kLanes * kLanes;
-  TORCH_CHECK(weight_transform.dim() == 3 && weight_transform.size(0) == 64 && weight_transform.size(1) == Cp &&
-                  weight_transform.size(2) % kLanes == 0 && weight_transform.is_contiguous() &&
-                  weight_transform.scalar_type() == at::kFloat && weight_transform.device().is_cpu(),
-              "weight_transform must be a contiguous float32 CPU tensor (64, ", Cp,
-              ", out_channels) with out_channels a multiple of ", kLanes, ", got ", weight_transform.sizes());
-  const int64_t K = weight_transform.size(2);
-  check_vector(bias, "bias", K, at::kFloat);
-  auto out = at::empty({N, K, D, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast3d));
-  advise_huge_pages(out);
-  const int64_t tD = (D + 1) / 2, tH = (H + 1) / 2, tW = (W + 1) / 2, tiles = N * tD * tH * tW;
-  if (tiles == 0 || K == 0) return out;
-  const float* xp = x.data_ptr<float>();
-  const float* up = weight_transform.data_ptr<float>();
-  const float* bp = optional_data<float>(bias);
-  float* op = out.data_ptr<float>();
-  const int64_t blocks = (tiles + kWinogradTiles - 1) / kWinogradTiles;
+template <int64_t m>
+void winograd_conv3d(const float* xp, const float* up, const float* bp, float* op, int64_t N, int64_t C, int64_t Cp,
+                     int64_t K, int64_t D, int64_t H, int64_t W) {
+  constexpr int64_t n = m + 2, positions = n * n * n;
+  const int64_t tD = (D + m - 1) / m, tH = (H + m - 1) / m, tW = (W + m - 1) / m, tiles = N * tD * tH * tW;
+  const int64_t block_tiles = winograd_block_tiles(Cp, K);
+  const int64_t blocks = (tiles + block_tiles - 1) / block_tiles;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     // zero-filled once, so the padding rows of a last, partial block hold finite values
-    std::vector<float> v_store(kWinogradTiles * 64 * Cp, 0.f), m_store(kWinogradTiles * 64 * K, 0.f);
+    std::vector<float> v_store(block_tiles * positions * Cp, 0.f), m_store(block_tiles * positions * K, 0.f);
     float* V = v_store.data();
     float* M = m_store.data();
-    FloatLanes d[64], y[8];
+    FloatLanes d[positions], y[m * m * m];
     for (int64_t block = begin; block < end; ++block) {
-      const int64_t t0 = block * kWinogradTiles, count = std::min(kWinogradTiles, tiles - t0);
+      const int64_t t0 = block * block_tiles, count = std::min(block_tiles, tiles - t0);
       for (int64_t t = 0; t < count; ++t) {
         const WinogradTile tile = winograd_tile(t0 + t, tD, tH, tW);
-        const int64_t n = tile.n, tz = tile.z, ty = tile.y, tx = tile.x;
-        const float* xn = xp + n * D * H * W * C;
+        const float* xn = xp + tile.n * D * H * W * C;
         for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) {
-          winograd_input_tile(xn, D, H, W, C, 2 * tz - 1, 2 * ty - 1, 2 * tx - 1, c0, std::min(kLanes, C - c0), d);
-          float* v = V + t * 64 * Cp + c0;
-          for (int64_t p = 0; p < 64; ++p) store_lanes(v + p * Cp, d[p], kLanes);
+          winograd_input_tile<m>(xn, D, H, W, C, m * tile.z - 1, m * tile.y - 1, m * tile.x - 1, c0,
+                                 std::min(kLanes, C - c0), d);
+          float* v = V + t * positions * Cp + c0;
+          for (int64_t p = 0; p < positions; ++p) store_lanes(v + p * Cp, d[p], kLanes);
         }
       }
       const int64_t rows = (count + kProductRows - 1) / kProductRows * kProductRows;
-      for (int64_t p = 0; p < 64; ++p) {
+      for (int64_t p = 0; p < positions; ++p) {
         const float* u = up + p * Cp * K;
         for (int64_t r0 = 0; r0 < rows; r0 += kProductRows) {
-          const float* a = V + (r0 * 64 + p) * Cp;
-          float* m = M + (r0 * 64 + p) * K;
+          const float* a = V + (r0 * positions + p) * Cp;
+          float* mr = M + (r0 * positions + p) * K;
           int64_t k0 = 0;
           for (; k0 + kProductCols <= K; k0 += kProductCols) {
-            winograd_product_block<kProductCols>(a, 64 * Cp, u + k0, K, m + k0, 64 * K, Cp);
+            winograd_product_block<kProductCols>(a, positions * Cp, u + k0, K, mr + k0, positions * K, Cp);
           }
-          if (k0 < K) winograd_product_block<kLanes>(a, 64 * Cp, u + k0, K, m + k0, 64 * K, Cp);
+          if (k0 < K) winograd_product_block<kLanes>(a, positions * Cp, u + k0, K, mr + k0, positions * K, Cp);
         }
       }
       for (int64_t t = 0; t < count; ++t) {
         const WinogradTile tile = winograd_tile(t0 + t, tD, tH, tW);
-        const int64_t n = tile.n, tz = tile.z, ty = tile.y, tx = tile.x;
-        float* on = op + n * D * H * W * K;
+        const int64_t z0 = m * tile.z, y0 = m * tile.y, x0 = m * tile.x;
+        float* on = op + tile.n * D * H * W * K;
         for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
-          winograd_output_tile(M + t * 64 * K + k0, K, bp ? load_lanes(bp + k0, kLanes) : FloatLanes{}, y);
-          for (int64_t a = 0; a < 2 && 2 * tz + a < D; ++a) {
-            for (int64_t b = 0; b < 2 && 2 * ty + b < H; ++b) {
-              for (int64_t e = 0; e < 2 && 2 * tx + e < W; ++e) {
-                store_lanes(on + (((2 * tz + a) * H + 2 * ty + b) * W + 2 * tx + e) * K + k0, y[(a * 2 + b) * 2 + e],
-                            kLanes);
+          winograd_output_tile<m>(M + t * positions * K + k0, K, bp ? load_lanes(bp + k0, kLanes) : FloatLanes{}, y);
+          for (int64_t a = 0; a < m && z0 + a < D; ++a) {
+            for (int64_t b = 0; b < m && y0 + b < H; ++b) {
+              for (int64_t e = 0; e < m && x0 + e < W; ++e) {
+                store_lanes(on + (((z0 + a) * H + y0 + b) * W + x0 + e) * K + k0, y[(a * m + b) * m + e], kLanes);
               }
             }
           }
@@ -539,6 +552,36 @@ at::Tensor conv3d_winograd_channels_last(const at::Tensor& x, const at::Tensor& 
       }
     }
   });
+}
+
+at::Tensor conv3d_winograd_channels_last(const at::Tensor& x, const at::Tensor& weight_transform,
+                                         const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 5 && x.is_contiguous(at::MemoryFormat::ChannelsLast3d) && x.device().is_cpu() &&
+                  x.scalar_type() == at::kFloat,
+              "x must be a channels-last contiguous float32 CPU tensor (batch, channels, D, H, W), got ", x.sizes());
+  const int64_t N = x.size(0), C = x.size(1), D = x.size(2), H = x.size(3), W = x.size(4);
+  const int64_t Cp = (C + kLanes - 1) / kLanes * kLanes;
+  // the number of positions says which algorithm the weights were transformed for: 4^3 for F(2), 5^3 for F(3)
+  TORCH_CHECK(weight_transform.dim() == 3 && (weight_transform.size(0) == 64 || weight_transform.size(0) == 125) &&
+                  weight_transform.size(1) == Cp && weight_transform.size(2) % kLanes == 0 &&
+                  weight_transform.is_contiguous() && weight_transform.scalar_type() == at::kFloat &&
+                  weight_transform.device().is_cpu(),
+              "weight_transform must be a contiguous float32 CPU tensor (64 or 125, ", Cp,
+              ", out_channels) with out_channels a multiple of ", kLanes, ", got ", weight_transform.sizes());
+  const int64_t K = weight_transform.size(2);
+  check_vector(bias, "bias", K, at::kFloat);
+  auto out = at::empty({N, K, D, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast3d));
+  advise_huge_pages(out);
+  if (out.numel() == 0) return out;
+  const float* xp = x.data_ptr<float>();
+  const float* up = weight_transform.data_ptr<float>();
+  const float* bp = optional_data<float>(bias);
+  float* op = out.data_ptr<float>();
+  if (weight_transform.size(0) == 64) {
+    winograd_conv3d<2>(xp, up, bp, op, N, C, Cp, K, D, H, W);
+  } else {
+    winograd_conv3d<3>(xp, up, bp, op, N, C, Cp, K, D, H, W);
+  }
   return out;
 }
 
@@ -554,7 +597,7 @@ void register_inference_kernels(pybind11::module_& m) {
         "instance normalisation of a channels-last tensor, statistics in double (CPU)", py::arg("x"),
         py::arg("weight"), py::arg("bias"), py::arg("eps"));
   m.def("conv3d_winograd_channels_last", &conv3d_winograd_channels_last,
-        "3x3x3 convolution, stride 1, zero padding 1, of a channels-last float32 volume by Winograd F(2x2x2, 3x3x3) "
-        "with transformed weights (64, in_channels rounded up to 8, out_channels) (CPU)",
+        "3x3x3 convolution, stride 1, zero padding 1, of a channels-last float32 volume by Winograd F(m x m x m, 3x3x3) "
+        "with weights transformed for m = 2 or 3 ((m + 2)^3, in_channels rounded up to 8, out_channels) (CPU)",
         py::arg("x"), py::arg("weight_transform"), py::arg("bias"));
 }
