@@ -11,6 +11,7 @@ Variants (``--variants``, comma-separated):
 
 - ``shipped``: inference.yaml as shipped (128³ windows, overlap 0.5, Gaussian blending);
 - ``overlap=<f>``: the same with another window overlap;
+- ``sw_batch=<n>``: the same with another window batch (windows per network call);
 - ``whole``: one forward over the whole cropped volume, padded to a multiple of 16 (``DivisiblePadInferer``);
 - ``segresnet``: SegResNet(blocks_down 1,2,2,4, blocks_up 1,1,1, init_filters 16, dropout 0.2), one 240x240x160
   window at overlap 0.5 as in the Zoo bundle (4 output channels here, for this bundle's argmax postprocessing);
@@ -88,6 +89,8 @@ def run_variant(args: argparse.Namespace) -> dict:
     name = args.variant
     if name.startswith("overlap="):
         overrides["inferer#overlap"] = float(name.split("=", 1)[1])
+    elif name.startswith("sw_batch="):
+        overrides["sw_batch_size"] = int(name.split("=", 1)[1])
     elif name == "whole":
         overrides["inferer"] = {"_target_": "shared_networks.bundle.DivisiblePadInferer", "k": 16}
     elif name == "segresnet":

@@ -10,8 +10,8 @@ generic scan path that traced and scripted models keep). ``--baseline PATH`` add
 of another checkout (e.g. a git worktree of an earlier commit). Both run on the same weights and input, and the speed
 ratio and the largest relative difference of the outputs are printed. ``--flops`` counts the forward's FLOPs (torch's
 FlopCounterMode) and prints the distance to the compute floor: counted FLOPs / this machine's measured fp32 GEMM rate.
-FlopCounterMode counts a convolution's direct multiply-adds; the 3x3x3 convolutions that run by Winograd's F(2,3)
-(``shared_networks.blocks.channels_last.WinogradConv3d``) do 64/216 of those, so that forward can go below 1x.
+FlopCounterMode counts a convolution's direct multiply-adds; the 3x3x3 convolutions that run by Winograd's F(3,3)
+(``shared_networks.blocks.channels_last.WinogradConv3d``) do 125/729 of those, so that forward can go below 1x.
 
     .venv/bin/python ci/bench_segmamba.py              # 128^3, the release's patch (reference takes minutes)
     .venv/bin/python ci/bench_segmamba.py --size 64    # quicker
