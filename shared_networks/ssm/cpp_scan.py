@@ -141,13 +141,23 @@ def _ninja_on_path() -> Iterator[None]:
 
 
 def _announce_build(name: str) -> None:
-    """Say so when the kernel is about to be compiled (a minute or two of silence otherwise)."""
+    """Say so when the kernel is about to be compiled (a minute or two of silence otherwise), and when a lock file
+    will make loading wait."""
     from torch.utils import cpp_extension
 
     try:
         build_dir = cpp_extension._get_build_directory(name, verbose=False)  # the folder load() itself uses
     except Exception:  # a private helper of torch: if it changes, only the message is lost
         return
+    lock = os.path.join(build_dir, "lock")
+    if os.path.exists(lock):
+        # load() waits, silently and without a time limit, until the lock is gone; a process stopped while it
+        # compiled leaves its lock behind
+        logger.warning(
+            "'%s' exists (since %s): another process is compiling the C++ selective-scan kernel, or one was stopped "
+            "while compiling it. Loading waits until that file is gone: delete it if no other process is compiling.",
+            lock, time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(lock))),
+        )
     if not os.path.isfile(os.path.join(build_dir, f"{name}.so")):
         logger.warning(
             "Compiling the C++ selective-scan kernel for this CPU and torch build (first use only, about 1-2 minutes "

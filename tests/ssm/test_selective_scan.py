@@ -285,6 +285,26 @@ def test_failed_build_warns_once_and_returns_none(tmp_path, monkeypatch, caplog)
     assert str(tmp_path / "extensions") in warnings[0] and "pure PyTorch backend" in warnings[1]
 
 
+def test_a_left_lock_file_is_named_before_loading_waits_on_it(tmp_path, monkeypatch, caplog):
+    """A process stopped while compiling leaves ``lock`` in the build folder, and torch's load() then waits for it
+    without a word: the warning names the file."""
+    from torch.utils import cpp_extension
+
+    from shared_networks.ssm import cpp_scan
+
+    monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path))
+    (tmp_path / "shared_networks_lock_test.so").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="shared_networks.ssm.cpp_scan"):
+        cpp_scan._announce_build("shared_networks_lock_test")
+    assert not caplog.records  # built, no lock: nothing to say
+    (tmp_path / "lock").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="shared_networks.ssm.cpp_scan"):
+        cpp_scan._announce_build("shared_networks_lock_test")
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert str(tmp_path / "lock") in message and "delete it if no other process is compiling" in message
+
+
 def test_extension_cache_name_follows_the_torch_build(monkeypatch):
     """Two environments with different torch builds (the project's and MONAI Label's) get different cached builds."""
     from shared_networks.ssm import cpp_scan
