@@ -17,16 +17,19 @@ channel instead of 729) or F(2x2x2, 3x3x3) (64 per 8 instead of 216), on the sam
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetResBlock
 
 from shared_networks.ssm.cpu_inference import (
     conv3d_winograd_channels_last,
     inference_kernels_apply,
     instance_norm_channels_last,
+    instance_norm_channels_last_,
     winograd_weight_transform,
 )
 
@@ -34,6 +37,7 @@ __all__ = [
     "ChannelsLastInstanceNorm2d",
     "ChannelsLastInstanceNorm3d",
     "use_channels_last_instance_norms",
+    "IN_PLACE_INSTANCE_NORMS",
     "WinogradConv3d",
     "use_winograd_convolutions",
     "channels_last_applies",
@@ -41,13 +45,17 @@ __all__ = [
 ]
 
 
-def _instance_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float
-                   ) -> torch.Tensor:
+def _instance_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,
+                   in_place: bool) -> torch.Tensor:
     if not torch.jit.is_scripting():
         if x.dim() in (4, 5) and inference_kernels_apply(x, weight, bias):
             # a contiguous input (from one of the small convolutions ATen runs without oneDNN) is converted, so the
             # layers after it run channels-last again
-            return instance_norm_channels_last(to_channels_last(x), weight, bias, eps)
+            x = to_channels_last(x)
+            if in_place:
+                instance_norm_channels_last_(x, weight, bias, eps)
+                return x
+            return instance_norm_channels_last(x, weight, bias, eps)
     # without running statistics InstanceNorm always normalises with the input's own statistics
     return F.instance_norm(x, None, None, weight, bias, True, 0.0, eps)
 
@@ -56,29 +64,56 @@ class ChannelsLastInstanceNorm3d(nn.InstanceNorm3d):
     """``nn.InstanceNorm3d`` without running statistics (the only kind :func:`use_channels_last_instance_norms`
     installs) that, when no gradient is wanted on the CPU, normalises into a channels-last result without converting
     a channels-last input to the contiguous format; elsewhere it is ``F.instance_norm``. Same arguments, parameters,
-    state dict and values as ``nn.InstanceNorm3d``."""
+    state dict and values as ``nn.InstanceNorm3d``.
+
+    With ``normalise_in_place = True`` that result is written over the input (no new buffer of its size): only for a
+    norm whose caller holds the input's only reference, such as a convolution's fresh output.
+    """
+
+    normalise_in_place = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _instance_norm(x, self.weight, self.bias, self.eps)
+        return _instance_norm(x, self.weight, self.bias, self.eps, self.normalise_in_place)
 
 
 class ChannelsLastInstanceNorm2d(nn.InstanceNorm2d):
     """The 2D counterpart of :class:`ChannelsLastInstanceNorm3d`."""
 
+    normalise_in_place = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _instance_norm(x, self.weight, self.bias, self.eps)
+        return _instance_norm(x, self.weight, self.bias, self.eps, self.normalise_in_place)
 
 
-def use_channels_last_instance_norms(module: nn.Module) -> nn.Module:
+# The norms (attribute names, by the exact type of the block holding them) that MONAI's U-Net blocks feed with a
+# convolution's fresh output and nothing else reads: they may normalise in place. At SegMamba's full resolution each
+# spares a new 400 MB buffer, whose first touch costs a page fault per 4 KB.
+IN_PLACE_INSTANCE_NORMS: dict[type, tuple[str, ...]] = {
+    UnetResBlock: ("norm1", "norm2", "norm3"),
+    UnetBasicBlock: ("norm1", "norm2"),
+}
+
+
+def use_channels_last_instance_norms(
+    module: nn.Module, in_place: Mapping[type, Sequence[str]] = IN_PLACE_INSTANCE_NORMS
+) -> nn.Module:
     """Replace, in place, every ``nn.InstanceNorm2d`` / ``nn.InstanceNorm3d`` inside ``module`` that keeps no running
     statistics (MONAI's and PyTorch's default) by its channels-last aware counterpart with the same ``eps`` and the
     same affine parameters (the same ``Parameter`` objects), so state dicts and outputs do not change.
+
+    Args:
+        module: the network.
+        in_place: attribute names of the norms that may normalise in place, by the exact type of the module holding
+            them (a subclass may change the forward, so it is not matched): only norms that the holder's forward
+            feeds with a tensor nothing else reads. Defaults to those of MONAI's ``UnetResBlock`` and
+            ``UnetBasicBlock``.
 
     Returns:
         ``module``.
     """
     kinds = {nn.InstanceNorm3d: ChannelsLastInstanceNorm3d, nn.InstanceNorm2d: ChannelsLastInstanceNorm2d}
     for parent in list(module.modules()):
+        in_place_names = in_place.get(type(parent), ())
         for name, child in list(parent.named_children()):
             replacement = kinds.get(type(child))
             if replacement is None or child.track_running_stats:
@@ -86,6 +121,7 @@ def use_channels_last_instance_norms(module: nn.Module) -> nn.Module:
             norm = replacement(child.num_features, eps=child.eps, momentum=child.momentum, affine=child.affine)
             if child.affine:
                 norm.weight, norm.bias = child.weight, child.bias
+            norm.normalise_in_place = name in in_place_names
             norm.train(child.training)
             setattr(parent, name, norm)
     return module

@@ -57,18 +57,19 @@ class GatedSpatialConvolution(nn.Module):
         self.gate = look_up_argument("gate", gate, GSC_GATES)
         conv = Conv[Conv.CONV, spatial_dims]
         if gate == "add":
+            # in-place ReLUs: each follows a norm, whose output nothing else reads (and whose backward does not need it)
             self.proj = conv(channels, channels, 3, 1, 1)
             self.norm = _instance_norm(spatial_dims, channels)
-            self.nonliner = nn.ReLU()
+            self.nonliner = nn.ReLU(inplace=True)
             self.proj2 = conv(channels, channels, 3, 1, 1)
             self.norm2 = _instance_norm(spatial_dims, channels)
-            self.nonliner2 = nn.ReLU()
+            self.nonliner2 = nn.ReLU(inplace=True)
             self.proj3 = conv(channels, channels, 1, 1, 0)
             self.norm3 = _instance_norm(spatial_dims, channels)
-            self.nonliner3 = nn.ReLU()
+            self.nonliner3 = nn.ReLU(inplace=True)
             self.proj4 = conv(channels, channels, 1, 1, 0)
             self.norm4 = _instance_norm(spatial_dims, channels)
-            self.nonliner4 = nn.ReLU()
+            self.nonliner4 = nn.ReLU(inplace=True)
         else:
             self.spatial_branch = nn.Sequential(
                 _instance_norm(spatial_dims, channels), conv(channels, channels, 3, 1, 1), nn.ReLU()

@@ -17,14 +17,20 @@ from monai.networks.blocks.dynunet_block import UnetOutBlock
 from monai.networks.blocks.unetr_block import UnetrBasicBlock, UnetrUpBlock
 
 from shared_networks.blocks.channels_last import (
+    IN_PLACE_INSTANCE_NORMS,
     channels_last_applies,
     to_channels_last,
     use_channels_last_instance_norms,
     use_winograd_convolutions,
 )
-from shared_networks.blocks.segmamba_blocks import SegMambaEncoder
+from shared_networks.blocks.segmamba_blocks import GatedSpatialConvolution, SegMambaEncoder
 
 __all__ = ["SegMamba"]
+
+
+# the released GSC feeds each of its norms a convolution's fresh output (the paper's GSC normalises its input, which
+# it reads again, inside Sequentials: not listed)
+_IN_PLACE_NORMS = {**IN_PLACE_INSTANCE_NORMS, GatedSpatialConvolution: ("norm", "norm2", "norm3", "norm4")}
 
 
 class SegMamba(nn.Module):
@@ -103,7 +109,7 @@ class SegMamba(nn.Module):
         self.decoder2 = up_block(f1, f0)
         self.decoder1 = basic_block(f0, f0)
         self.out = UnetOutBlock(spatial_dims, f0, out_channels)
-        use_channels_last_instance_norms(self)
+        use_channels_last_instance_norms(self, _IN_PLACE_NORMS)
         use_winograd_convolutions(self)
 
     def forward(self, x_in: torch.Tensor) -> torch.Tensor:

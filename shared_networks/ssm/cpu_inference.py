@@ -10,7 +10,8 @@ built into the C++ extension of :mod:`shared_networks.ssm.cpp_scan`):
   tokens in its scan order and its scan adds the gated output straight into natural order, so no permuted copy,
   transpose or inverse permutation is made; x_proj and dt_proj are plain matrix products on the rows.
 - :func:`instance_norm_channels_last`: instance normalisation of a channels-last tensor (ATen's converts it to the
-  contiguous format first), statistics summed in double.
+  contiguous format first), statistics summed in double; :func:`instance_norm_channels_last_` writes it over its
+  input.
 - :func:`conv3d_winograd_channels_last`: a 3x3x3 convolution (stride 1, zero padding 1) of a channels-last float32
   volume by Winograd's F(2x2x2, 3x3x3) or F(3x3x3, 3x3x3), on weights transformed once by
   :func:`winograd_weight_transform`.
@@ -36,6 +37,7 @@ __all__ = [
     "selective_scan_tokens_",
     "mamba_directions_inference",
     "instance_norm_channels_last",
+    "instance_norm_channels_last_",
     "winograd_weight_transform",
     "conv3d_winograd_channels_last",
 ]
@@ -96,17 +98,22 @@ def selective_scan_tokens_(
     delta_softplus: bool,
     order: Optional[torch.Tensor],
     accumulate: bool,
+    delta_proj: Optional[torch.Tensor] = None,
 ) -> None:
     """The selective scan of :func:`shared_networks.ssm.selective_scan` on token-major rows: ``u``, ``delta``
     (batch, L, dim) and ``B``, ``C`` (batch, L, N) in the scan's order; the gated result of step ``t`` is stored in
     (``accumulate=False``) or added to (``True``) row ``order[t]`` of ``out`` (batch, L, dim), and the gate ``z`` is
-    read from that row. Every tensor needs contiguous channels (stride 1 in its last dimension)."""
+    read from that row. Every tensor needs contiguous channels (stride 1 in its last dimension).
+
+    With ``delta_proj`` (dim, rank), ``delta`` is (batch, L, rank) and the scan's delta is
+    ``F.linear(delta, delta_proj)``, formed step by step inside the scan (Mamba's ``dt_proj`` without its bias,
+    which stays ``delta_bias``)."""
     _require_extension().selective_scan_tokens(out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, order,
-                                               accumulate)
+                                               accumulate, delta_proj)
 
 
 @selective_scan_tokens_.register_fake
-def _(out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, order, accumulate):
+def _(out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, order, accumulate, delta_proj=None):
     return None
 
 
@@ -122,6 +129,20 @@ def instance_norm_channels_last(
 @instance_norm_channels_last.register_fake
 def _(x, weight, bias, eps):
     return torch.empty_like(x)
+
+
+@torch.library.custom_op("shared_networks::instance_norm_channels_last_", mutates_args=("x",), device_types="cpu")
+def instance_norm_channels_last_(
+    x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float
+) -> None:
+    """:func:`instance_norm_channels_last` written over ``x``: no new buffer of ``x``'s size, for a caller that holds
+    the only reference to ``x``."""
+    _require_extension().instance_norm_channels_last_(x, weight, bias, eps)
+
+
+@instance_norm_channels_last_.register_fake
+def _(x, weight, bias, eps):
+    return None
 
 
 # G of Winograd's F(m, 3) for m = 2 (points 0, 1, -1, infinity) and m = 3 (points 0, 1, -1, 1/2, infinity); the
@@ -182,7 +203,8 @@ def mamba_directions_inference(
         u = causal_conv1d_silu_tokens(x, order, weight, conv_bias)
         x_dbl = F.linear(u, x_proj_weight)  # (batch, L, dt_rank + 2N), rows in the scan's order
         dt, b, c = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=-1)
-        delta = F.linear(dt, dt_proj_weight)
         a = -torch.exp(a_log.to(xz.dtype))
-        selective_scan_tokens_(y, u, delta, a, b, c, d.to(xz.dtype), z, dt_bias.to(xz.dtype), True, order, index > 0)
+        # dt_proj is applied inside the scan (no (batch, L, d_inner) delta stored)
+        selective_scan_tokens_(y, u, dt, a, b, c, d.to(xz.dtype), z, dt_bias.to(xz.dtype), True, order, index > 0,
+                               dt_proj_weight.to(xz.dtype).contiguous())
     return y

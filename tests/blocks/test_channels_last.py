@@ -72,6 +72,55 @@ def test_swapped_norm_gives_instance_norm_values_with_and_without_gradients(affi
     torch.testing.assert_close(grad, expected_grad)
 
 
+def test_in_place_norms_are_only_those_listed_for_the_exact_block_type():
+    from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetResBlock
+
+    class OwnResBlock(UnetResBlock):  # a subclass may feed its norms differently: not matched
+        pass
+
+    blocks = nn.ModuleDict({
+        "res": UnetResBlock(3, 4, 8, 3, 1, "instance"),
+        "basic": UnetBasicBlock(3, 4, 8, 3, 1, "instance"),
+        "own": OwnResBlock(3, 4, 8, 3, 1, "instance"),
+        "plain": nn.Sequential(nn.InstanceNorm3d(4)),
+    })
+    use_channels_last_instance_norms(blocks)
+    in_place = {name for name, m in blocks.named_modules() if getattr(m, "normalise_in_place", False)}
+    assert in_place == {"res.norm1", "res.norm2", "res.norm3", "basic.norm1", "basic.norm2"}
+    assert type(blocks["own"].norm1) is ChannelsLastInstanceNorm3d
+    seg = SegMamba(in_channels=1, out_channels=2, feature_sizes=(8, 16, 32, 64), hidden_size=64)
+    gsc_norms = {n.rsplit(".", 1)[1] for n, m in seg.named_modules() if ".gscs." in n and hasattr(m, "eps")}
+    assert gsc_norms == {"norm", "norm2", "norm3", "norm4"}
+    assert all(m.normalise_in_place for n, m in seg.named_modules() if ".gscs." in n and hasattr(m, "eps"))
+    # the encoder's other norms read tensors used again afterwards: not in place
+    assert not any(m.normalise_in_place for n, m in seg.named_modules()
+                   if (".output_norms." in n or ".downsample_layers." in n) and hasattr(m, "normalise_in_place"))
+
+
+@needs_kernels
+def test_in_place_norm_writes_over_its_input_only_without_gradients():
+    torch.manual_seed(2)
+    block = use_channels_last_instance_norms(nn.ModuleDict({"n": nn.InstanceNorm3d(5, affine=True)}),
+                                             {nn.ModuleDict: ("n",)})
+    norm = block["n"]
+    assert norm.normalise_in_place
+    x = (torch.randn(2, 5, 4, 6, 3) * 2 + 1).contiguous(memory_format=torch.channels_last_3d)
+    expected = F.instance_norm(x.double(), weight=norm.weight.double(), bias=norm.bias.double())
+    kept = x.clone()
+    with torch.no_grad():
+        y = norm(kept)
+    assert y.data_ptr() == kept.data_ptr() and float((y.double() - expected).abs().max()) < 1e-5
+    # a contiguous input is converted first: the caller's tensor is left as it was
+    contiguous = x.contiguous()
+    with torch.no_grad():
+        y = norm(contiguous)
+    assert torch.equal(contiguous, x) and float((y.double() - expected).abs().max()) < 1e-5
+    # with gradients (the affine parameters require them), F.instance_norm: the input stays
+    original = x.clone()
+    y = norm(x)
+    assert torch.equal(x, original) and y.grad_fn is not None and y.data_ptr() != x.data_ptr()
+
+
 def test_swapped_norm_scripts():
     net = use_channels_last_instance_norms(nn.Sequential(nn.InstanceNorm3d(3, affine=True), nn.InstanceNorm2d(2)))
     scripted = torch.jit.script(net[0])

@@ -103,6 +103,38 @@ def test_selective_scan_tokens_equals_the_oracle_written_at_the_order(dtype, ord
     assert_close_to(out, expected, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("order_kind", ["natural", "random"])
+@pytest.mark.parametrize("rank, dim", [(3, 20), (6, 13)])
+def test_selective_scan_tokens_with_delta_proj_equals_the_scan_of_the_projected_delta(dtype, order_kind, rank, dim):
+    inputs = scan_inputs(dtype, dim=dim)
+    batch, length, _ = inputs["u"].shape
+    gen = torch.Generator().manual_seed(5)
+    # the low-rank rows are the first columns of the projection B and C come from, as in the layer
+    x_dbl = torch.randn(batch, length, rank + 32, generator=gen, dtype=dtype)
+    dt = x_dbl[..., :rank]
+    delta_proj = torch.randn(dim, rank, generator=gen, dtype=dtype) * 0.3
+    order = scan_order(order_kind, length, seed=6)
+    out = torch.empty(batch, length, dim, dtype=dtype)
+    cpu_inference.selective_scan_tokens_(out, inputs["u"], dt, inputs["A"], inputs["B"], inputs["C"], inputs["D"],
+                                         inputs["z"], inputs["delta_bias"], True, order, False, delta_proj)
+    delta = dt.double() @ delta_proj.double().t()
+    y, _ = selective_scan_ref(
+        inputs["u"].transpose(1, 2), delta.transpose(1, 2), inputs["A"], inputs["B"].transpose(1, 2),
+        inputs["C"].transpose(1, 2), inputs["D"], rows_in_order(inputs["z"], order).transpose(1, 2),
+        inputs["delta_bias"], True, dtype=torch.float64,
+    )
+    expected = torch.zeros(batch, length, dim, dtype=torch.float64)
+    expected[:, torch.arange(length) if order is None else order] = y.transpose(1, 2)
+    assert_close_to(out, expected, dtype)
+    with pytest.raises(RuntimeError, match=r"delta_proj must be a contiguous CPU \(dim, rank\) tensor"):
+        cpu_inference.selective_scan_tokens_(out, inputs["u"], dt, inputs["A"], inputs["B"], inputs["C"], None, None,
+                                             None, True, None, False, delta_proj[:-1])
+    with pytest.raises(RuntimeError, match=r"delta must be \(batch, L, %d\)" % rank):
+        cpu_inference.selective_scan_tokens_(out, inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"],
+                                             None, None, None, True, None, False, delta_proj)
+
+
 def test_selective_scan_tokens_without_optional_inputs():
     inputs = scan_inputs(torch.float64, dim=9, n_state=4)
     out = torch.empty_like(inputs["u"])
@@ -124,11 +156,17 @@ def test_instance_norm_channels_last_equals_float64_instance_norm(dtype, shape, 
     weight = torch.randn(shape[1], generator=gen, dtype=dtype) if affine else None
     bias = torch.randn(shape[1], generator=gen, dtype=dtype) if affine else None
     memory_format = torch.channels_last_3d if len(shape) == 5 else torch.channels_last
-    out = cpu_inference.instance_norm_channels_last(x.contiguous(memory_format=memory_format), weight, bias, 1e-5)
+    x = x.contiguous(memory_format=memory_format)
+    out = cpu_inference.instance_norm_channels_last(x, weight, bias, 1e-5)
     expected = F.instance_norm(x.double(), weight=None if weight is None else weight.double(),
                                bias=None if bias is None else bias.double(), eps=1e-5)
     assert out.is_contiguous(memory_format=memory_format) and out.dtype == dtype
     assert_close_to(out, expected, dtype if dtype == torch.float64 else torch.float32)
+    # in place: the same values over the input
+    storage = x.data_ptr()
+    cpu_inference.instance_norm_channels_last_(x, weight, bias, 1e-5)
+    assert x.data_ptr() == storage and x.is_contiguous(memory_format=memory_format)
+    assert torch.equal(x, out)
 
 
 @pytest.mark.parametrize(
@@ -189,6 +227,8 @@ def test_kernels_refuse_bad_inputs_with_their_names():
         cpu_inference.causal_conv1d_silu_tokens(x, torch.arange(9), torch.randn(4, 8), None)
     with pytest.raises(RuntimeError, match="channels-last"):
         cpu_inference.instance_norm_channels_last(torch.randn(1, 3, 4, 4, 4), None, None, 1e-5)
+    with pytest.raises(RuntimeError, match="channels-last"):
+        cpu_inference.instance_norm_channels_last_(torch.randn(1, 3, 4, 4, 4), None, None, 1e-5)
     transformed = cpu_inference.winograd_weight_transform(torch.randn(8, 3, 3, 3, 3))
     with pytest.raises(RuntimeError, match="x must be a channels-last contiguous float32"):
         cpu_inference.conv3d_winograd_channels_last(torch.randn(1, 3, 4, 4, 4), transformed, None)

@@ -9,9 +9,10 @@
 // - selective_scan_tokens: the selective scan of selective_scan_cpu.cpp (same recurrence and semantics) on
 //   (batch, L, dim) rows of u and delta and (batch, L, N) rows of B and C, in the scan order, with the gate z read from
 //   and the result added to (or stored in) row order[t] of natural-order tensors, so the directions of a
-//   multi-directional Mamba layer sum into one output without permuted copies;
-// - instance_norm_channels_last: instance normalisation of a channels-last tensor without converting it to the
-//   contiguous format (ATen's instance_norm does), statistics summed in double;
+//   multi-directional Mamba layer sum into one output without permuted copies; delta may be given as the low-rank
+//   rows that Mamba's dt_proj multiplies, with dt_proj's weight;
+// - instance_norm_channels_last(_): instance normalisation of a channels-last tensor without converting it to the
+//   contiguous format (ATen's instance_norm does), statistics summed in double, into a new tensor or in place;
 // - conv3d_winograd_channels_last: a 3x3x3 convolution (stride 1, zero padding 1) of a channels-last float32 volume by
 //   Winograd's minimal filtering F(m x m x m, 3x3x3), m = 2 or 3 (Lavin & Gray, "Fast Algorithms for Convolutional
 //   Neural Networks", CVPR 2016): 8 (m = 2) or 4.6 (m = 3) multiplications per output and input channel instead of
@@ -138,25 +139,34 @@ void conv_tokens(const T* x, Rows xs, const int64_t* order, const T* weight, con
 
 // The scan of one direction. Threads own blocks of kLanes channels (of one batch item) and advance all of theirs
 // kStepBlock steps at a time, so the rows of B and C a step block reads are shared by the blocks while in cache.
+// With delta_proj (dim, rank), delta holds rank values per step and a block's delta is delta_proj times them (Mamba's
+// dt_proj, folded in: no (batch, L, dim) product is made, stored and read back).
 template <typename T, int kN>
-void scan_tokens(T* out, Rows os, const T* u, Rows us, const T* delta, Rows ds, const T* A, const T* B, Rows bs,
-                 const T* C, Rows cs, const T* D, const T* z, Rows zs, const T* delta_bias, bool use_softplus,
-                 const int64_t* order, bool accumulate, int64_t batch, int64_t length, int64_t dim, int64_t n_state) {
+void scan_tokens(T* out, Rows os, const T* u, Rows us, const T* delta, Rows ds, const T* delta_proj, int64_t rank,
+                 const T* A, const T* B, Rows bs, const T* C, Rows cs, const T* D, const T* z, Rows zs,
+                 const T* delta_bias, bool use_softplus, const int64_t* order, bool accumulate, int64_t batch,
+                 int64_t length, int64_t dim, int64_t n_state) {
   using Vec = LaneVec<T>;
   const int64_t N = kN > 0 ? kN : n_state;
   const int64_t blocks = (dim + kLanes - 1) / kLanes;
   at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
     const int64_t count = end - begin;
-    // per owned block: a (N), state h (N), bias, skip; one spare vector for the alignment
-    std::vector<T> storage((count * (2 * N + 2) + 1) * kLanes, T(0));
+    const int64_t proj_rank = delta_proj ? rank : 0;
+    // per owned block: a (N), state h (N), bias, skip, delta_proj's columns (proj_rank); one spare vector for the
+    // alignment
+    std::vector<T> storage((count * (2 * N + 2 + proj_rank) + 1) * kLanes, T(0));
     Vec* const a = aligned_lanes<T>(storage);
     Vec* const h = a + count * N;
     Vec* const bias = h + count * N;
     Vec* const skip = bias + count;
+    Vec* const proj = skip + count;
     for (int64_t i = 0; i < count; ++i) {
       const int64_t d0 = ((begin + i) % blocks) * kLanes, lanes = std::min(kLanes, dim - d0);
       for (int64_t n = 0; n < N; ++n) {
         for (int64_t j = 0; j < lanes; ++j) a[i * N + n][j] = A[(d0 + j) * N + n];
+      }
+      for (int64_t r = 0; r < proj_rank; ++r) {
+        for (int64_t j = 0; j < lanes; ++j) proj[i * proj_rank + r][j] = delta_proj[(d0 + j) * rank + r];
       }
       bias[i] = delta_bias ? load_lanes(delta_bias + d0, lanes) : Vec{};
       skip[i] = D ? load_lanes(D + d0, lanes) : Vec{};
@@ -167,10 +177,18 @@ void scan_tokens(T* out, Rows os, const T* u, Rows us, const T* delta, Rows ds, 
         const int64_t item = begin + i, b = item / blocks, d0 = (item % blocks) * kLanes;
         const int64_t lanes = std::min(kLanes, dim - d0);
         const Vec* a_i = a + i * N;
+        const Vec* proj_i = proj + i * proj_rank;
         Vec* h_i = h + i * N;
         for (int64_t t = t0; t < t1; ++t) {
           const Vec u_t = load_lanes(u + b * us.batch + t * us.row + d0, lanes);
-          Vec dt = load_lanes(delta + b * ds.batch + t * ds.row + d0, lanes) + bias[i];
+          const T* delta_t = delta + b * ds.batch + t * ds.row;
+          Vec dt{};
+          if (proj_rank > 0) {
+            for (int64_t r = 0; r < proj_rank; ++r) dt += delta_t[r] * proj_i[r];
+          } else {
+            dt = load_lanes(delta_t + d0, lanes);
+          }
+          dt += bias[i];
           if (use_softplus) dt = softplus_lanes(dt);
           const Vec du = dt * u_t;
           const T* B_t = B + b * bs.batch + t * bs.row;
@@ -223,7 +241,8 @@ at::Tensor causal_conv1d_silu_tokens(const at::Tensor& x, const std::optional<at
 void selective_scan_tokens(at::Tensor& out, const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                            const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
                            const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
-                           bool delta_softplus, const std::optional<at::Tensor>& order, bool accumulate) {
+                           bool delta_softplus, const std::optional<at::Tensor>& order, bool accumulate,
+                           const std::optional<at::Tensor>& delta_proj) {
   TORCH_CHECK(u.dim() == 3, "u must be (batch, L, dim), got ", u.sizes());
   const int64_t batch = u.size(0), length = u.size(1), dim = u.size(2);
   const auto dtype = u.scalar_type();
@@ -231,7 +250,15 @@ void selective_scan_tokens(at::Tensor& out, const at::Tensor& u, const at::Tenso
   TORCH_CHECK(A.dim() == 2 && A.size(0) == dim && A.is_contiguous() && A.scalar_type() == dtype,
               "A must be a contiguous (dim, N) tensor of u's dtype, got ", A.sizes());
   const int64_t n_state = A.size(1);
-  const Rows us = rows_of(u, "u", batch, length, dim), ds = rows_of(delta, "delta", batch, length, dim);
+  int64_t rank = dim;
+  if (delta_proj.has_value()) {
+    TORCH_CHECK(delta_proj->dim() == 2 && delta_proj->size(0) == dim && delta_proj->is_contiguous() &&
+                    delta_proj->scalar_type() == dtype && delta_proj->device().is_cpu(),
+                "delta_proj must be a contiguous CPU (dim, rank) tensor of u's dtype, dim = ", dim, ", got ",
+                delta_proj->sizes());
+    rank = delta_proj->size(1);
+  }
+  const Rows us = rows_of(u, "u", batch, length, dim), ds = rows_of(delta, "delta", batch, length, rank);
   const Rows bs = rows_of(B, "B", batch, length, n_state), cs = rows_of(C, "C", batch, length, n_state);
   const Rows os = rows_of(out, "out", batch, length, dim);
   const Rows zs = z.has_value() ? rows_of(*z, "z", batch, length, dim) : Rows{0, 0};
@@ -246,7 +273,8 @@ void selective_scan_tokens(at::Tensor& out, const at::Tensor& u, const at::Tenso
     auto run = [&](auto n_tag) {
       constexpr int kN = decltype(n_tag)::value;
       scan_tokens<scalar_t, kN>(out.data_ptr<scalar_t>(), os, u.data_ptr<scalar_t>(), us,
-                                delta.data_ptr<scalar_t>(), ds, A.data_ptr<scalar_t>(), B.data_ptr<scalar_t>(), bs,
+                                delta.data_ptr<scalar_t>(), ds, optional_data<scalar_t>(delta_proj), rank,
+                                A.data_ptr<scalar_t>(), B.data_ptr<scalar_t>(), bs,
                                 C.data_ptr<scalar_t>(), cs, optional_data<scalar_t>(D),
                                 z.has_value() ? z->data_ptr<scalar_t>() : nullptr, zs,
                                 optional_data<scalar_t>(delta_bias), delta_softplus, order_ptr, accumulate, batch,
@@ -260,18 +288,22 @@ void selective_scan_tokens(at::Tensor& out, const at::Tensor& u, const at::Tenso
   });
 }
 
-at::Tensor instance_norm_channels_last(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                       const std::optional<at::Tensor>& bias, double eps) {
+at::MemoryFormat check_instance_norm_input(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                           const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.dim() == 4 || x.dim() == 5, "x must be (batch, channels, *spatial) with 2 or 3 spatial dimensions");
   const auto format = x.dim() == 5 ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::ChannelsLast;
   TORCH_CHECK(x.is_contiguous(format) && x.device().is_cpu(), "x must be a channels-last contiguous CPU tensor");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "x must be float32 or float64");
+  check_vector(weight, "weight", x.size(1), x.scalar_type());
+  check_vector(bias, "bias", x.size(1), x.scalar_type());
+  return format;
+}
+
+// Normalises x into out (the same shape and layout; out may be x itself: each value is read before its own write).
+void normalise_channels_last(const at::Tensor& x, at::Tensor& out, const std::optional<at::Tensor>& weight,
+                             const std::optional<at::Tensor>& bias, double eps) {
   const int64_t batch = x.size(0), channels = x.size(1), positions = x.numel() / std::max<int64_t>(1, batch * channels);
-  check_vector(weight, "weight", channels, x.scalar_type());
-  check_vector(bias, "bias", channels, x.scalar_type());
-  at::Tensor out = at::empty_like(x, x.options(), format);
-  advise_huge_pages(out);
-  if (x.numel() == 0) return out;
+  if (x.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "instance_norm_channels_last", [&] {
     const scalar_t* in = x.data_ptr<scalar_t>();
     scalar_t* result = out.data_ptr<scalar_t>();
@@ -335,7 +367,20 @@ at::Tensor instance_norm_channels_last(const at::Tensor& x, const std::optional<
       }
     });
   });
+}
+
+at::Tensor instance_norm_channels_last(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                       const std::optional<at::Tensor>& bias, double eps) {
+  at::Tensor out = at::empty_like(x, x.options(), check_instance_norm_input(x, weight, bias));
+  advise_huge_pages(out);
+  normalise_channels_last(x, out, weight, bias, eps);
   return out;
+}
+
+void instance_norm_channels_last_(at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                  const std::optional<at::Tensor>& bias, double eps) {
+  check_instance_norm_input(x, weight, bias);
+  normalise_channels_last(x, x, weight, bias, eps);
 }
 
 // ---- Winograd F(m x m x m, 3x3x3), m = 2 or 3 ----
@@ -592,9 +637,13 @@ void register_inference_kernels(pybind11::module_& m) {
   m.def("selective_scan_tokens", &selective_scan_tokens,
         "selective scan over (batch, L, dim) rows in a scan order, gated output stored or added at row order[t] (CPU)",
         py::arg("out"), py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"),
-        py::arg("z"), py::arg("delta_bias"), py::arg("delta_softplus"), py::arg("order"), py::arg("accumulate"));
+        py::arg("z"), py::arg("delta_bias"), py::arg("delta_softplus"), py::arg("order"), py::arg("accumulate"),
+        py::arg("delta_proj"));
   m.def("instance_norm_channels_last", &instance_norm_channels_last,
         "instance normalisation of a channels-last tensor, statistics in double (CPU)", py::arg("x"),
+        py::arg("weight"), py::arg("bias"), py::arg("eps"));
+  m.def("instance_norm_channels_last_", &instance_norm_channels_last_,
+        "instance normalisation of a channels-last tensor in place, statistics in double (CPU)", py::arg("x"),
         py::arg("weight"), py::arg("bias"), py::arg("eps"));
   m.def("conv3d_winograd_channels_last", &conv3d_winograd_channels_last,
         "3x3x3 convolution, stride 1, zero padding 1, of a channels-last float32 volume by Winograd F(m x m x m, 3x3x3) "
