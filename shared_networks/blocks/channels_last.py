@@ -40,6 +40,8 @@ __all__ = [
     "IN_PLACE_INSTANCE_NORMS",
     "WinogradConv3d",
     "use_winograd_convolutions",
+    "WINOGRAD_MAX_CHANNEL_PRODUCT",
+    "WINOGRAD_F3_MAX_CHANNEL_PRODUCT",
     "channels_last_applies",
     "to_channels_last",
 ]
@@ -127,11 +129,16 @@ def use_channels_last_instance_norms(
     return module
 
 
-# in_channels x out_channels above which a convolution keeps oneDNN's direct algorithm: the transformed weights are
-# 125/27 (F(3)) or 64/27 (F(2)) times the size of the weights and stay cached, and the wide convolutions of a
-# network's deepest stages work on few voxels (in SegMamba, 384 x 384 and wider, at 1/8 and 1/16 of the input size,
-# keep it: about 5 % of its time at 128^3, and 885 MB of F(3) weights not kept; the others keep 196 MB)
-WINOGRAD_MAX_CHANNEL_PRODUCT = 192 * 384
+# The transformed weights are 125/27 (F(3)) or 64/27 (F(2)) times the size of the weights and stay cached, and the
+# wide convolutions of a network's deepest stages work on few voxels, so the widest keep oneDNN's direct algorithm and
+# the next ones use F(2), whose weights are half as large: on a 16^3 map it is as fast as F(3). In SegMamba at 128^3
+# (2 cores, batch 2): 768 -> 384 at 16^3 takes 0.97 s direct, 0.56 s by F(2), 0.49 s by F(3); 384 -> 384 0.23 /
+# 0.14 / 0.14 s (batch 1); 768 -> 768 at 8^3 0.28 / 0.18 / 0.20 s. F(3) up to 192 x 384 keeps 196 MB of weights, F(2)
+# up to 768 x 384 another 189 MB; the 768 x 768 convolution (151 MB by F(2)) stays direct.
+# in_channels x out_channels up to which a convolution runs by Winograd (larger: oneDNN's direct algorithm)
+WINOGRAD_MAX_CHANNEL_PRODUCT = 768 * 384
+# in_channels x out_channels above which the convolution runs by F(2) whatever output tile was asked for
+WINOGRAD_F3_MAX_CHANNEL_PRODUCT = 192 * 384
 
 
 class WinogradConv3d(nn.Conv3d):
@@ -187,7 +194,8 @@ def use_winograd_convolutions(module: nn.Module, output_tile: int = 3) -> nn.Mod
     Args:
         module: the network.
         output_tile: m of Winograd's F(m x m x m, 3x3x3): 3 (fewer multiplications) or 2 (about 15x smaller float32
-            error).
+            error). Convolutions wider than ``WINOGRAD_F3_MAX_CHANNEL_PRODUCT`` (in x out channels) take 2 whatever
+            is asked: their transformed weights are half as large, at the same speed on the small maps they work on.
 
     Returns:
         ``module``.
@@ -203,7 +211,8 @@ def use_winograd_convolutions(module: nn.Module, output_tile: int = 3) -> nn.Mod
                 device=child.weight.device, dtype=child.weight.dtype,
             )
             conv.weight, conv.bias = child.weight, child.bias
-            conv.winograd_output_tile = output_tile
+            wide = child.in_channels * child.out_channels > WINOGRAD_F3_MAX_CHANNEL_PRODUCT
+            conv.winograd_output_tile = 2 if wide else output_tile
             conv.train(child.training)
             setattr(parent, name, conv)
     return module

@@ -138,15 +138,17 @@ def test_winograd_swap_replaces_only_3x3x3_same_convolutions():
         nn.Conv3d(4, 16, 3, padding=1), nn.Conv3d(16, 16, 3, padding=1, bias=False),
         nn.Conv3d(16, 16, 3, stride=2, padding=1), nn.Conv3d(16, 16, 1), nn.Conv3d(16, 16, 3, padding=2, dilation=2),
         nn.Conv3d(16, 16, 3, padding=1, groups=2), nn.Conv3d(16, 12, 3, padding=1), nn.Conv3d(384, 384, 3, padding=1),
+        nn.Conv3d(776, 384, 3, padding=1),
         nn.Conv2d(16, 16, 3, padding=1), nn.Sequential(nn.Conv3d(16, 8, 3, padding=1, padding_mode="replicate")),
     )
     parameters = [id(p) for p in net.parameters()]
     before = {k: v.clone() for k, v in net.state_dict().items()}
     assert use_winograd_convolutions(net) is net
-    assert [type(m) is WinogradConv3d for m in net[:9]] == [True, True] + [False] * 7
-    assert type(net[9][0]) is nn.Conv3d
+    # 384 x 384 is wider than F(3)'s limit (192 x 384) but within Winograd's (768 x 384): F(2); 776 x 384 is direct
+    assert [type(m) is WinogradConv3d for m in net[:10]] == [True, True] + [False] * 5 + [True, False, False]
+    assert type(net[10][0]) is nn.Conv3d
     assert [id(p) for p in net.parameters()] == parameters and net[1].bias is None
-    assert net[0].winograd_output_tile == 3
+    assert (net[0].winograd_output_tile, net[7].winograd_output_tile) == (3, 2)
     after = net.state_dict()
     assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
 
