@@ -12,6 +12,8 @@ Variants (``--variants``, comma-separated):
 - ``shipped``: inference.yaml as shipped (128³ windows, overlap 0.5, Gaussian blending);
 - ``overlap=<f>``: the same with another window overlap;
 - ``sw_batch=<n>``: the same with another window batch (windows per network call);
+- ``thp``: ``shipped`` with ``THP_MEM_ALLOC_ENABLE=1`` in its environment (PyTorch then backs large CPU tensors with
+  2 MB pages on Linux, fewer page faults);
 - ``whole``: one forward over the whole cropped volume, padded to a multiple of 16 (``DivisiblePadInferer``);
 - ``segresnet``: SegResNet(blocks_down 1,2,2,4, blocks_up 1,1,1, init_filters 16, dropout 0.2), one 240x240x160
   window at overlap 0.5 as in the Zoo bundle (4 output channels here, for this bundle's argmax postprocessing);
@@ -220,7 +222,9 @@ def main() -> int:
     for variant in variants:
         checkout = args.baseline if variant == "baseline" else str(REPO_ROOT)
         env = dict(os.environ, PYTHONPATH=str(Path(checkout).resolve()))
-        cmd = [sys.executable, __file__, "--variant", "shipped" if variant == "baseline" else variant,
+        if variant == "thp":  # read by PyTorch at its first large allocation, so it must be set before the process
+            env["THP_MEM_ALLOC_ENABLE"] = "1"
+        cmd = [sys.executable, __file__, "--variant", "shipped" if variant in ("baseline", "thp") else variant,
                "--checkout", checkout, "--dataset-dir", str(cases), "--output-dir", str(work / "out" / variant),
                "--threads", str(args.threads), "--patch", str(patch)]
         if args.weights and variant not in ("segresnet", "swinunetr"):
