@@ -91,6 +91,11 @@ class GatedSpatialConvolution(nn.Module):
         return x + self.nonliner4(self.norm4(self.proj4(spatial + pointwise)))
 
 
+# The released GSC's norms that may normalise in place (shared_networks.blocks.channels_last): its forward feeds each
+# a convolution's fresh output that nothing else reads. The paper's GSC normalises its input, which it reads again.
+RELEASED_GSC_IN_PLACE_NORMS = ("norm", "norm2", "norm3", "norm4")
+
+
 class TriOrientatedMambaLayer(nn.Module):
     """Released SegMamba ``MambaLayer``: tokens -> LayerNorm -> tri-orientated Mamba (ToM, Eq. 3) -> + input.
 

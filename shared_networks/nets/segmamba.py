@@ -23,14 +23,16 @@ from shared_networks.blocks.channels_last import (
     use_channels_last_instance_norms,
     use_winograd_convolutions,
 )
-from shared_networks.blocks.segmamba_blocks import GatedSpatialConvolution, SegMambaEncoder
+from shared_networks.blocks.segmamba_blocks import (
+    RELEASED_GSC_IN_PLACE_NORMS,
+    GatedSpatialConvolution,
+    SegMambaEncoder,
+)
 
 __all__ = ["SegMamba"]
 
 
-# the released GSC feeds each of its norms a convolution's fresh output (the paper's GSC normalises its input, which
-# it reads again, inside Sequentials: not listed)
-_IN_PLACE_NORMS = {**IN_PLACE_INSTANCE_NORMS, GatedSpatialConvolution: ("norm", "norm2", "norm3", "norm4")}
+_IN_PLACE_NORMS = {**IN_PLACE_INSTANCE_NORMS, GatedSpatialConvolution: RELEASED_GSC_IN_PLACE_NORMS}
 
 
 class SegMamba(nn.Module):
