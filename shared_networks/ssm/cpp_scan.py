@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 SOURCE = os.path.join(CSRC, "selective_scan_cpu.cpp")
-SOURCES = (SOURCE, os.path.join(CSRC, "inference_cpu.cpp"))
+SOURCES = (SOURCE, os.path.join(CSRC, "inference_cpu.cpp"), os.path.join(CSRC, "cpu_buffer_pool.cpp"))
 HEADERS = (os.path.join(CSRC, "lane_math.h"),)
 # no -std flag: torch passes the C++ standard its headers need (torch 2.14 refuses anything before C++20)
 COMPILE_FLAGS = ("-O3", "-fopenmp")

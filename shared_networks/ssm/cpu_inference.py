@@ -15,6 +15,9 @@ built into the C++ extension of :mod:`shared_networks.ssm.cpp_scan`):
 - :func:`conv3d_winograd_channels_last`: a 3x3x3 convolution (stride 1, zero padding 1) of a channels-last float32
   volume by Winograd's F(2x2x2, 3x3x3) or F(3x3x3, 3x3x3), on weights transformed once by
   :func:`winograd_weight_transform`.
+- :func:`cpu_buffer_pool`: a CPU allocator that keeps freed memory mapped for the length of a sliding-window
+  inference, so that the windows after the first run on memory the system has already mapped instead of
+  page-faulting fresh memory.
 
 They store nothing for a backward pass: :func:`inference_kernels_apply` says when the layers may call them (CPU,
 float32/float64, the C++ backend selected, no gradient wanted); otherwise the layers run their differentiable ops,
@@ -23,13 +26,14 @@ which compute the same values.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+import contextlib
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from shared_networks.ssm.backends import selective_scan_backend
-from shared_networks.ssm.cpp_scan import _require_extension
+from shared_networks.ssm.cpp_scan import _require_extension, load_extension
 
 __all__ = [
     "inference_kernels_apply",
@@ -40,6 +44,8 @@ __all__ = [
     "instance_norm_channels_last_",
     "winograd_weight_transform",
     "conv3d_winograd_channels_last",
+    "cpu_buffer_pool",
+    "cpu_buffer_pool_stats",
 ]
 
 # conv1d weight, conv1d bias, x_proj weight, dt_proj weight, dt_proj bias, A_log, D of one direction, and its scan
@@ -208,3 +214,40 @@ def mamba_directions_inference(
         selective_scan_tokens_(y, u, dt, a, b, c, d.to(xz.dtype), z, dt_bias.to(xz.dtype), True, order, index > 0,
                                dt_proj_weight.to(xz.dtype).contiguous())
     return y
+
+
+@contextlib.contextmanager
+def cpu_buffer_pool() -> Iterator[bool]:
+    """
+    Within this context, CPU tensors of 1 MB and more take memory that earlier tensors freed in it, still mapped,
+    instead of fresh memory that the system must page-fault and zero (PyTorch's CPU allocator maps every block above
+    32 MB anew and unmaps it when freed). A 128^3 SegMamba window allocates about 10 GB over a forward in
+    hundred-megabyte tensors; inside the pool, the windows after the first run without page faults. No value
+    computed changes.
+
+    Freed memory is kept in 2 MB units and rearranged with ``mremap`` (``csrc/cpu_buffer_pool.cpp``), so the pool
+    holds no more than the most the tensors held at once: the peak memory is that of PyTorch's allocator. It is
+    given back to the system when the context ends; tensors that outlive the context keep theirs until they are freed.
+    While any thread is inside, the pool is PyTorch's CPU allocator for the whole process (nested and concurrent
+    contexts share it; the last one out restores the previous allocator).
+
+    Yields:
+        whether the pool is in use: ``False`` (and nothing changes) off Linux, or where the CPU scan backend is not
+        the C++ extension (it cannot be built, or ``SHARED_NETWORKS_SCAN_BACKEND=torch``), as for the kernels above.
+    """
+    extension = load_extension() if selective_scan_backend(torch.device("cpu")) == "cpp" else None
+    if extension is None or not extension.cpu_buffer_pool_enter():
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        extension.cpu_buffer_pool_leave()
+
+
+def cpu_buffer_pool_stats() -> Dict[str, int]:
+    """The pool's state in bytes: ``users`` (contexts inside it, a count), ``lent_bytes`` (held by live tensors),
+    ``idle_bytes`` (kept for reuse), ``fresh_bytes`` / ``reused_bytes`` (requests served by newly mapped memory / by
+    idle memory, since the process started)."""
+    values = _require_extension().cpu_buffer_pool_stats()
+    return dict(zip(("users", "lent_bytes", "idle_bytes", "fresh_bytes", "reused_bytes"), values))

@@ -516,6 +516,7 @@ std::vector<at::Tensor> selective_scan_backward(const at::Tensor& dout, const at
 
 // inference_cpu.cpp, built into the same extension
 void register_inference_kernels(pybind11::module_& m);
+void register_cpu_buffer_pool(pybind11::module_& m);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("checkpoint_chunk") = kChunk;
@@ -526,4 +527,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("delta"), py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"), py::arg("z"),
         py::arg("delta_bias"), py::arg("delta_softplus"), py::arg("checkpoints"));
   register_inference_kernels(m);
+  register_cpu_buffer_pool(m);
 }
