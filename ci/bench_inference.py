@@ -9,7 +9,9 @@ through MONAI's ``SegResNet`` as the Model Zoo's ``brats_mri_segmentation`` bund
 
 Variants (``--variants``, comma-separated):
 
-- ``shipped``: inference.yaml as shipped (128³ windows, overlap 0.5, Gaussian blending);
+- ``shipped``: inference.yaml as shipped (128³ windows, overlap 0.5, Gaussian blending, the windows' CPU buffers
+  reused within the case: ``PooledSlidingWindowInferer``);
+- ``nopool``: the same through MONAI's plain ``SlidingWindowInferer`` (every window's tensors in fresh memory);
 - ``overlap=<f>``: the same with another window overlap;
 - ``sw_batch=<n>``: the same with another window batch (windows per network call);
 - ``thp``: ``shipped`` with ``THP_MEM_ALLOC_ENABLE=1`` in its environment (PyTorch then backs large CPU tensors with
@@ -17,7 +19,8 @@ Variants (``--variants``, comma-separated):
 - ``whole``: one forward over the whole cropped volume, padded to a multiple of 16 (``DivisiblePadInferer``);
 - ``segresnet``: SegResNet(blocks_down 1,2,2,4, blocks_up 1,1,1, init_filters 16, dropout 0.2), one 240x240x160
   window at overlap 0.5 as in the Zoo bundle (4 output channels here, for this bundle's argmax postprocessing);
-- ``swinunetr``: SwinUNETR(feature_size 48), this bundle's 128³ windows at overlap 0.5;
+- ``swinunetr``: SwinUNETR(feature_size 48), this bundle's 128³ windows at overlap 0.5; both through MONAI's
+  ``SlidingWindowInferer``, as their own bundles run them;
 - ``baseline``: ``shipped`` with the package and bundle of another checkout (``--baseline PATH``, e.g. a git
   worktree of the commit before a change).
 
@@ -93,13 +96,17 @@ def run_variant(args: argparse.Namespace) -> dict:
         overrides["inferer#overlap"] = float(name.split("=", 1)[1])
     elif name.startswith("sw_batch="):
         overrides["sw_batch_size"] = int(name.split("=", 1)[1])
+    elif name == "nopool":
+        overrides["inferer#_target_"] = "SlidingWindowInferer"
     elif name == "whole":
         overrides["inferer"] = {"_target_": "shared_networks.bundle.DivisiblePadInferer", "k": 16}
     elif name == "segresnet":
-        overrides.update({"network_def": SEGRESNET, "load_pretrain": False, "inferer#roi_size": [240, 240, 160],
+        overrides.update({"network_def": SEGRESNET, "load_pretrain": False, "inferer#_target_": "SlidingWindowInferer",
+                          "inferer#roi_size": [240, 240, 160],
                           "inferer#sw_batch_size": 1, "inferer#mode": "constant"})
     elif name == "swinunetr":
-        overrides.update({"network_def": SWINUNETR, "load_pretrain": False, "patch_size": [128, 128, 128]})
+        overrides.update({"network_def": SWINUNETR, "load_pretrain": False, "inferer#_target_": "SlidingWindowInferer",
+                          "patch_size": [128, 128, 128]})
     for key, value in overrides.items():
         parser[key] = value
     if args.weights:

@@ -33,7 +33,7 @@ from .handlers import (
     TrainingCheckpoint,
     clean_checkpoint_folder,
 )
-from .inferers import DivisiblePadInferer
+from .inferers import DivisiblePadInferer, PooledSlidingWindowInferer
 from .landmarks import (
     DecodeLandmarksd,
     LandmarkLabelMapd,

@@ -10,10 +10,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.inferers import Inferer
+from monai.inferers import Inferer, SlidingWindowInferer
 from monai.utils import ensure_tuple_rep
 
-__all__ = ["DivisiblePadInferer"]
+from shared_networks.ssm.cpu_inference import cpu_buffer_pool
+
+__all__ = ["DivisiblePadInferer", "PooledSlidingWindowInferer"]
 
 
 class DivisiblePadInferer(Inferer):
@@ -47,3 +49,18 @@ class DivisiblePadInferer(Inferer):
             raise TypeError(f"DivisiblePadInferer needs a network that returns one tensor, got {type(outputs)}.")
         crop = tuple(slice(b, b + size) for b, size in zip(before, spatial))
         return outputs[(..., *crop)]
+
+
+class PooledSlidingWindowInferer(SlidingWindowInferer):
+    """MONAI's ``SlidingWindowInferer`` (same arguments, same output) that runs a CPU inference inside
+    :func:`shared_networks.ssm.cpu_inference.cpu_buffer_pool`: the windows after the first reuse the memory of the
+    ones before instead of page-faulting fresh memory, and the pool is given back when the call returns. Windows run
+    on another device (``sw_device``, or inputs not on the CPU) go straight to MONAI's inferer.
+    """
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        window_device = self.sw_device if self.sw_device is not None else inputs.device
+        if inputs.device.type != "cpu" or torch.device(window_device).type != "cpu":
+            return super().__call__(inputs, network, *args, **kwargs)
+        with cpu_buffer_pool():
+            return super().__call__(inputs, network, *args, **kwargs)
