@@ -139,6 +139,28 @@ def test_many_channels_forward_and_gradients(backend, batch, dim, groups):
         assert rel_error(grad, expected_grad) <= 1e-4, name
 
 
+@pytest.mark.skipif(load_extension() is None, reason="the C++ selective-scan kernel could not be built here")
+@pytest.mark.parametrize("threads", [3, 5])
+def test_cpp_gradients_over_more_splits_than_two(threads):
+    """The cpp backward splits a group's channel blocks over threads; each split writes its own dB/dC slice, summed
+    afterwards. 12 blocks over 3 threads: three slices; over 5: blocks 3-3-3-3 and one empty split (zeros)."""
+    inputs = make_inputs(batch=1, dim=96, dstate=16, length=40, seed=8)
+    leaves = {n: inputs[n].clone().requires_grad_() for n in GRAD_NAMES}
+    leaves64 = {n: inputs[n].double().requires_grad_() for n in GRAD_NAMES}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = selective_scan(**leaves, delta_softplus=True, backend="cpp")
+        grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(9))
+        grads = torch.autograd.grad(out, list(leaves.values()), grad_out)
+    finally:
+        torch.set_num_threads(previous)
+    expected = selective_scan_reference(**leaves64, delta_softplus=True)[0]
+    expected_grads = torch.autograd.grad(expected, list(leaves64.values()), grad_out.double())
+    for name, grad, expected_grad in zip(leaves, grads, expected_grads):
+        assert rel_error(grad, expected_grad) <= 1e-4, name
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("grouped", [False, True])
 def test_gradcheck_float64(backend, grouped):

@@ -225,7 +225,8 @@ inline void reverse_sweep(const SweepInputs<acc_t>& in, int64_t n0, int64_t coun
 }
 
 // Backward pass, vectorised across channels like the forward. A work item is (batch, group, split); a split owns
-// blocks of kLanes channels of the group and its private slice dB_partial / dC_partial[b, g, split]. It walks the
+// blocks of kLanes channels of the group and its own (N, L) slice: dB / dC[b, g] for split 0, dB_extra /
+// dC_extra[b, g, split - 1] for the others (every element written, so none needs zeroing). It walks the
 // chunks backwards; for each chunk every block recomputes its states lane-wise from the stored checkpoint and runs the
 // reverse recurrence lane-wise (its carry, dA, dD and dbias sums persist across chunks). The gradients of B and C,
 // shared by the group's channels, are summed over lanes and blocks in (len, N) vector buffers, and over the lanes once
@@ -234,8 +235,8 @@ template <typename scalar_t, typename acc_t, int kN>
 void backward_lanes(const ScanShape& s, int64_t splits, const scalar_t* dout, const scalar_t* u, const scalar_t* delta,
                     const scalar_t* z, const acc_t* A, const acc_t* B, const acc_t* C, const acc_t* D,
                     const acc_t* delta_bias, bool use_softplus, const acc_t* checkpoints, scalar_t* du,
-                    scalar_t* ddelta, scalar_t* dz, acc_t* dA_partial, acc_t* dB_partial, acc_t* dC_partial,
-                    acc_t* dD_partial, acc_t* dbias_partial) {
+                    scalar_t* ddelta, scalar_t* dz, acc_t* dA_partial, acc_t* dB, acc_t* dC, acc_t* dB_extra,
+                    acc_t* dC_extra, acc_t* dD_partial, acc_t* dbias_partial) {
   const int64_t L = s.length, N = kN > 0 ? kN : s.n_state, dim_per_group = s.dim / s.groups;
   const int64_t blocks_per_group = (dim_per_group + kLanes - 1) / kLanes;
   const int64_t blocks_per_split = (blocks_per_group + splits - 1) / splits;
@@ -264,11 +265,17 @@ void backward_lanes(const ScanShape& s, int64_t splits, const scalar_t* dout, co
       const int64_t split = item % splits, bg = item / splits, g = bg % s.groups, b = bg / s.groups;
       const int64_t block_begin = split * blocks_per_split;
       const int64_t block_end = std::min(block_begin + blocks_per_split, blocks_per_group);
-      if (block_begin >= block_end) continue;
       const acc_t* B_row = B + bg * N * L;
       const acc_t* C_row = C + bg * N * L;
-      acc_t* dB_row = dB_partial + item * N * L;
-      acc_t* dC_row = dC_partial + item * N * L;
+      // split 0 writes the group's dB and dC themselves, the others their own slices of the extras
+      const int64_t row_offset = (split == 0 ? bg : bg * (splits - 1) + split - 1) * N * L;
+      acc_t* dB_row = (split == 0 ? dB : dB_extra) + row_offset;
+      acc_t* dC_row = (split == 0 ? dC : dC_extra) + row_offset;
+      if (block_begin >= block_end) {  // more splits than blocks: this one adds nothing
+        std::fill(dB_row, dB_row + N * L, acc_t(0));
+        std::fill(dC_row, dC_row + N * L, acc_t(0));
+        continue;
+      }
       std::fill(block_state, block_state + blocks_per_split * per_block, Vec{});
       for (int64_t block = block_begin; block < block_end; ++block) {
         Vec* const a = block_state + (block - block_begin) * per_block;
@@ -495,19 +502,26 @@ std::vector<at::Tensor> selective_scan_backward(const at::Tensor& dout, const at
   at::Tensor dA_partial = at::empty({s.batch, s.dim, s.n_state}, acc_options);
   at::Tensor dD_partial = at::empty({s.batch, s.dim}, acc_options);
   at::Tensor dbias_partial = at::empty({s.batch, s.dim}, acc_options);
-  at::Tensor dB_partial = at::zeros({s.batch, s.groups, splits, s.n_state, s.length}, acc_options);
-  at::Tensor dC_partial = at::zeros({s.batch, s.groups, splits, s.n_state, s.length}, acc_options);
+  at::Tensor dB = at::empty({s.batch, s.groups, s.n_state, s.length}, acc_options);
+  at::Tensor dC = at::empty({s.batch, s.groups, s.n_state, s.length}, acc_options);
+  at::Tensor dB_extra = at::empty({s.batch, s.groups, splits - 1, s.n_state, s.length}, acc_options);
+  at::Tensor dC_extra = at::empty({s.batch, s.groups, splits - 1, s.n_state, s.length}, acc_options);
   SCAN_DISPATCH(u, s.n_state, "selective_scan_backward", [&] {
     backward_lanes<scalar_t, acc_t, kN>(
         s, splits, dout.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(),
         optional_ptr<scalar_t>(z), A.data_ptr<acc_t>(), B.data_ptr<acc_t>(), C.data_ptr<acc_t>(),
         optional_ptr<acc_t>(D), optional_ptr<acc_t>(delta_bias), delta_softplus, checkpoints.data_ptr<acc_t>(),
         du.data_ptr<scalar_t>(), ddelta.data_ptr<scalar_t>(), z.has_value() ? dz.data_ptr<scalar_t>() : nullptr,
-        dA_partial.data_ptr<acc_t>(), dB_partial.data_ptr<acc_t>(), dC_partial.data_ptr<acc_t>(),
-        dD_partial.data_ptr<acc_t>(), dbias_partial.data_ptr<acc_t>());
+        dA_partial.data_ptr<acc_t>(), dB.data_ptr<acc_t>(), dC.data_ptr<acc_t>(), dB_extra.data_ptr<acc_t>(),
+        dC_extra.data_ptr<acc_t>(), dD_partial.data_ptr<acc_t>(), dbias_partial.data_ptr<acc_t>());
   });
-  at::Tensor dB = splits == 1 ? dB_partial.squeeze(2) : dB_partial.sum(2);
-  at::Tensor dC = splits == 1 ? dC_partial.squeeze(2) : dC_partial.sum(2);
+  if (splits == 2) {
+    dB.add_(dB_extra.select(2, 0));
+    dC.add_(dC_extra.select(2, 0));
+  } else if (splits > 2) {
+    dB.add_(dB_extra.sum(2));
+    dC.add_(dC_extra.sum(2));
+  }
   at::Tensor dA = dA_partial.sum(0);
   at::Tensor dD = D.has_value() ? dD_partial.sum(0) : at::empty({0}, acc_options);
   at::Tensor dbias = delta_bias.has_value() ? dbias_partial.sum(0) : at::empty({0}, acc_options);
