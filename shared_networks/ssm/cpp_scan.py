@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import shutil
 import sys
 import threading
 import time
@@ -118,15 +117,14 @@ def build_extension(sources: Sequence[str] = SOURCES, name: str = EXTENSION_NAME
 
 @contextlib.contextmanager
 def _ninja_on_path() -> Iterator[None]:
-    """``cpp_extension.load`` runs ``ninja`` from ``PATH``; the ``ninja`` package (a dependency) installs it beside the
-    environment's Python, which is not on ``PATH`` when that Python is called without activating its environment
-    (``.venv/bin/python -m monai.bundle ...``). Then its folder is added for the build only."""
-    if shutil.which("ninja") is not None:
-        yield
-        return
+    """``cpp_extension.load`` runs the first ``ninja`` on ``PATH``. The build uses the one the ``ninja`` package (a
+    dependency) installs beside the environment's Python whenever that package imports, whatever ``PATH`` holds:
+    ninja versions write different build logs, and a cached build that another version logged is compiled again
+    (about a minute on 2 cores). Without this, calling ``.venv/bin/python`` directly (a system ninja first on
+    ``PATH``) and with the environment activated (the package's ninja first) rebuilt the kernel at every switch."""
     try:
         import ninja
-    except ImportError:  # load() then reports the missing ninja
+    except ImportError:  # load() then uses PATH's ninja, or reports that none is there
         yield
         return
     previous = os.environ.get("PATH")
@@ -150,9 +148,10 @@ def _announce_build(name: str) -> None:
     except Exception:  # a private helper of torch: if it changes, only the message is lost
         return
     lock = os.path.join(build_dir, "lock")
-    if os.path.exists(lock):
-        # load() waits, silently and without a time limit, until the lock is gone; a process stopped while it
-        # compiled leaves its lock behind
+    # torch up to 2.13 locks the build with the file's existence (cpp_extension.FileBaton): load() waits, silently
+    # and without a time limit, until it is gone, and a process stopped while it compiled leaves it behind. Later
+    # torch (cpp_extension.FileLock) holds an OS lock on a file that stays, which a stopped process releases.
+    if not hasattr(cpp_extension, "FileLock") and os.path.exists(lock):
         logger.warning(
             "'%s' exists (since %s): another process is compiling the C++ selective-scan kernel, or one was stopped "
             "while compiling it. Loading waits until that file is gone: delete it if no other process is compiling.",

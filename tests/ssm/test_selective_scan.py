@@ -315,6 +315,7 @@ def test_a_left_lock_file_is_named_before_loading_waits_on_it(tmp_path, monkeypa
     from shared_networks.ssm import cpp_scan
 
     monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path))
+    monkeypatch.delattr(cpp_extension, "FileLock", raising=False)  # torch up to 2.13: the file's existence locks
     (tmp_path / "shared_networks_lock_test.so").write_bytes(b"")
     with caplog.at_level(logging.WARNING, logger="shared_networks.ssm.cpp_scan"):
         cpp_scan._announce_build("shared_networks_lock_test")
@@ -325,6 +326,12 @@ def test_a_left_lock_file_is_named_before_loading_waits_on_it(tmp_path, monkeypa
     assert len(caplog.records) == 1
     message = caplog.records[0].getMessage()
     assert str(tmp_path / "lock") in message and "delete it if no other process is compiling" in message
+    # torch from 2.14 on: an OS lock on a file that stays (FileLock), which a stopped process releases
+    caplog.clear()
+    monkeypatch.setattr(cpp_extension, "FileLock", object, raising=False)
+    with caplog.at_level(logging.WARNING, logger="shared_networks.ssm.cpp_scan"):
+        cpp_scan._announce_build("shared_networks_lock_test")
+    assert not caplog.records
 
 
 def test_extension_cache_name_follows_the_torch_build(monkeypatch):
@@ -348,6 +355,26 @@ def test_build_finds_the_ninja_package_off_path(tmp_path, monkeypatch):
 
     monkeypatch.setenv("PATH", str(tmp_path))
     assert shutil.which("ninja") is None
+    with cpp_scan._ninja_on_path():
+        assert shutil.which("ninja") == os.path.join(ninja.BIN_DIR, "ninja")
+    assert os.environ["PATH"] == str(tmp_path)
+
+
+def test_build_prefers_the_ninja_package_to_another_ninja_on_path(tmp_path, monkeypatch):
+    """A system ninja first on PATH (the environment not activated) and the package's ninja (activated) log builds
+    differently, and each rebuilt the cached kernel that the other had logged: the build always takes the package's."""
+    import os
+    import shutil
+
+    import ninja
+
+    from shared_networks.ssm import cpp_scan
+
+    other = tmp_path / "ninja"
+    other.write_text("#!/bin/sh\necho 1.11.1\n")
+    other.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert shutil.which("ninja") == str(other)
     with cpp_scan._ninja_on_path():
         assert shutil.which("ninja") == os.path.join(ninja.BIN_DIR, "ninja")
     assert os.environ["PATH"] == str(tmp_path)
