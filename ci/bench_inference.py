@@ -19,8 +19,8 @@ Variants (``--variants``, comma-separated):
 - ``whole``: one forward over the whole cropped volume, padded to a multiple of 16 (``DivisiblePadInferer``);
 - ``segresnet``: SegResNet(blocks_down 1,2,2,4, blocks_up 1,1,1, init_filters 16, dropout 0.2), one 240x240x160
   window at overlap 0.5 as in the Zoo bundle (4 output channels here, for this bundle's argmax postprocessing);
-- ``swinunetr``: SwinUNETR(feature_size 48), this bundle's 128³ windows at overlap 0.5; both through MONAI's
-  ``SlidingWindowInferer``, as their own bundles run them;
+- ``swinunetr``: SwinUNETR(feature_size 48), this bundle's 128³ windows at overlap 0.5 (needs einops: the ``bench``
+  extra); both through MONAI's ``SlidingWindowInferer``, as their own bundles run them;
 - ``baseline``: ``shipped`` with the package and bundle of another checkout (``--baseline PATH``, e.g. a git
   worktree of the commit before a change).
 
@@ -37,6 +37,7 @@ are compared with the first variant's: the share of the voxels that either label
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -212,6 +213,9 @@ def main() -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if "baseline" in variants and not args.baseline:
         parser.error("the 'baseline' variant needs --baseline PATH (another checkout)")
+    if "swinunetr" in variants and importlib.util.find_spec("einops") is None:
+        parser.error("the 'swinunetr' variant needs einops, which MONAI's SwinUNETR imports: "
+                     "pip install -e '.[bench]' (or pip install einops)")
     if args.weights:  # the variants run in a scratch folder
         args.weights = str(Path(args.weights).resolve())
     shape = (96, 96, 80) if args.quick else tuple(int(s) for s in args.shape.split(","))
