@@ -71,6 +71,27 @@ def _env() -> dict:
                 PYTHONWARNINGS="ignore")
 
 
+def test_the_network_sees_the_same_volume_whatever_the_storage_orientation(mni152_t1, tmp_path):
+    """Inference preprocessing of one anatomy stored as BraTS does (LPS), as RAS and sagittal-first: the same tensor
+    (reoriented to LPS first), so the labels cannot depend on how the file was stored."""
+    from monai.bundle import ConfigParser
+
+    ras = _stored(mni152_t1, "ras")
+    lps = ras.as_reoriented(nib.orientations.ornt_transform(nib.orientations.io_orientation(ras.affine),
+                                                            nib.orientations.axcodes2ornt(("L", "P", "S"))))
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.yaml"))
+    preprocessing = parser.get_parsed_content("preprocessing")
+    tensors = {}
+    for kind, image in (("lps", lps), ("ras", ras), ("sagittal_first", _stored(mni152_t1, "sagittal_first"))):
+        _write_case(tmp_path, kind, image)
+        files = [str(tmp_path / kind / f"{kind}-{modality}.nii.gz") for modality in BRATS_MODALITIES]
+        tensors[kind] = torch.as_tensor(preprocessing({"image": files})["image"])
+    assert nib.aff2axcodes(lps.affine) == ("L", "P", "S") and nib.aff2axcodes(ras.affine) == ("R", "A", "S")
+    for kind in ("ras", "sagittal_first"):
+        assert torch.equal(tensors[kind], tensors["lps"]), kind
+
+
 @pytest.mark.slow
 def test_real_t1_in_three_storage_orientations_keeps_its_geometry(mni152_t1, tmp_path):
     dataset = tmp_path / "cases"
