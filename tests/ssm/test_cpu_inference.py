@@ -172,8 +172,9 @@ def test_instance_norm_channels_last_equals_float64_instance_norm(dtype, shape, 
 @pytest.mark.parametrize(
     "shape, out_channels",
     [
-        ((2, 16, 6, 8, 10), 32),  # even sizes; two 16-channel panels
-        ((1, 12, 5, 7, 9), 24),  # odd sizes (partial tiles), input channels padded to 16, an 8-channel panel left
+        ((2, 16, 6, 8, 10), 32),  # even sizes; 32 output channels: two 16-float vectors (AVX-512) or 8-float pairs
+        ((1, 12, 5, 7, 9), 24),  # odd sizes (partial tiles), input channels padded to 16, 16 + 8 output channels
+        ((1, 20, 5, 6, 7), 88),  # 48 + 32 + 8 output channels: each width of product block an AVX-512 build has
         ((1, 4, 13, 11, 12), 8),  # 4 input channels (the first convolution of a BraTS network), several blocks of tiles
         ((1, 8, 1, 1, 1), 16),  # one voxel: only the kernel's centre sees data
         ((1, 104, 7, 6, 5), 96),  # in x out channels above 96 x 96: the kernel's larger blocks of tiles

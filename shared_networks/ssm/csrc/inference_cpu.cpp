@@ -2,7 +2,7 @@
 // Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in compliance with
 // the License. You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 // CPU inference kernels on token-major and channels-last layouts, where channels are the innermost (contiguous)
-// dimension, so that kLanes neighbouring channels are one vector load:
+// dimension, so that neighbouring channels are one vector load:
 //
 // - causal_conv1d_silu_tokens: Mamba's causal depthwise conv1d + SiLU over a sequence stored as (batch, L, dim)
 //   rows, read in a scan order (row order[t] is step t of the sequence), written in that order;
@@ -31,6 +31,7 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #if defined(__linux__)
@@ -41,7 +42,7 @@
 
 namespace {
 
-// sequence steps per block of the scan: every block of kLanes channels of a thread advances this far before the next
+// sequence steps per block of the scan: every block of channels of a thread advances this far before the next
 constexpr int64_t kStepBlock = 64;
 // rows per work item of the convolution and the normalisation, and rows per partial sum of the statistics (fixed, so
 // that the sums do not depend on the number of threads)
@@ -62,10 +63,11 @@ void advise_huge_pages(const at::Tensor& t) {
 #endif
 }
 
-template <typename T>
-inline LaneVec<T> load_lanes(const T* p, int64_t count) {
-  LaneVec<T> v{};
-  if (count == kLanes) {
+// count (at most width) values from p into a vector of width lanes, the rest zero
+template <int64_t width = kLanes, typename T>
+inline LaneVec<T, width> load_lanes(const T* p, int64_t count) {
+  LaneVec<T, width> v{};
+  if (count == width) {
     std::memcpy(&v, p, sizeof(v));
   } else {
     for (int64_t j = 0; j < count; ++j) v[j] = p[j];
@@ -73,17 +75,25 @@ inline LaneVec<T> load_lanes(const T* p, int64_t count) {
   return v;
 }
 
-template <typename T>
-inline void store_lanes(T* p, LaneVec<T> v, int64_t count) {
-  if (count == kLanes) {
+// the first count lanes of v to p
+template <typename T, typename Vec>
+inline void store_lanes(T* p, Vec v, int64_t count) {
+  if (count * int64_t(sizeof(T)) == int64_t(sizeof(Vec))) {
     std::memcpy(p, &v, sizeof(v));
   } else {
     for (int64_t j = 0; j < count; ++j) p[j] = v[j];
   }
 }
 
-inline LaneVec<float> silu_lanes(LaneVec<float> v) { return v * sigmoid_lanes(v); }
-inline LaneVec<double> silu_lanes(LaneVec<double> v) { return v * sigmoid_lanes(v); }
+template <typename Vec>
+inline Vec silu_lanes(Vec v) {
+  return v * sigmoid_lanes(v);
+}
+
+// channels per vector of the token kernels: a full register of floats (kWideLanes); doubles (the parity checks'
+// dtype) keep kLanes
+template <typename T>
+constexpr int64_t kTokenLanes = std::is_same<T, float>::value ? kWideLanes : kLanes;
 
 template <typename T>
 const T* optional_data(const std::optional<at::Tensor>& t) {
@@ -114,6 +124,7 @@ const int64_t* order_data(const std::optional<at::Tensor>& order, int64_t length
 template <typename T>
 void conv_tokens(const T* x, Rows xs, const int64_t* order, const T* weight, const T* bias, T* out, int64_t batch,
                  int64_t length, int64_t dim, int64_t width) {
+  constexpr int64_t kWidth = kTokenLanes<T>;
   const int64_t blocks = (length + kRowBlock - 1) / kRowBlock;
   at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
@@ -121,14 +132,15 @@ void conv_tokens(const T* x, Rows xs, const int64_t* order, const T* weight, con
       const int64_t t1 = std::min(length, t0 + kRowBlock);
       for (int64_t t = t0; t < t1; ++t) {
         T* out_row = out + (b * length + t) * dim;
-        for (int64_t d0 = 0; d0 < dim; d0 += kLanes) {
-          const int64_t lanes = std::min(kLanes, dim - d0);
-          LaneVec<T> acc = bias ? load_lanes(bias + d0, lanes) : LaneVec<T>{};
+        for (int64_t d0 = 0; d0 < dim; d0 += kWidth) {
+          const int64_t lanes = std::min(kWidth, dim - d0);
+          LaneVec<T, kWidth> acc = bias ? load_lanes<kWidth>(bias + d0, lanes) : LaneVec<T, kWidth>{};
           for (int64_t k = 0; k < width; ++k) {
             const int64_t step = t - (width - 1) + k;  // causal: taps on this step and the width - 1 before it
             if (step < 0) continue;
             const int64_t row = order ? order[step] : step;
-            acc += load_lanes(weight + k * dim + d0, lanes) * load_lanes(x + b * xs.batch + row * xs.row + d0, lanes);
+            acc += load_lanes<kWidth>(weight + k * dim + d0, lanes) *
+                   load_lanes<kWidth>(x + b * xs.batch + row * xs.row + d0, lanes);
           }
           store_lanes(out_row + d0, silu_lanes(acc), lanes);
         }
@@ -137,7 +149,7 @@ void conv_tokens(const T* x, Rows xs, const int64_t* order, const T* weight, con
   });
 }
 
-// The scan of one direction. Threads own blocks of kLanes channels (of one batch item) and advance all of theirs
+// The scan of one direction. Threads own blocks of kTokenLanes channels (of one batch item) and advance all of theirs
 // kStepBlock steps at a time, so the rows of B and C a step block reads are shared by the blocks while in cache.
 // With delta_proj (dim, rank), delta holds rank values per step and a block's delta is delta_proj times them (Mamba's
 // dt_proj, folded in: no (batch, L, dim) product is made, stored and read back).
@@ -146,47 +158,48 @@ void scan_tokens(T* out, Rows os, const T* u, Rows us, const T* delta, Rows ds, 
                  const T* A, const T* B, Rows bs, const T* C, Rows cs, const T* D, const T* z, Rows zs,
                  const T* delta_bias, bool use_softplus, const int64_t* order, bool accumulate, int64_t batch,
                  int64_t length, int64_t dim, int64_t n_state) {
-  using Vec = LaneVec<T>;
+  constexpr int64_t kWidth = kTokenLanes<T>;
+  using Vec = LaneVec<T, kWidth>;
   const int64_t N = kN > 0 ? kN : n_state;
-  const int64_t blocks = (dim + kLanes - 1) / kLanes;
+  const int64_t blocks = (dim + kWidth - 1) / kWidth;
   at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
     const int64_t count = end - begin;
     const int64_t proj_rank = delta_proj ? rank : 0;
     // per owned block: a (N), state h (N), bias, skip, delta_proj's columns (proj_rank); one spare vector for the
     // alignment
-    std::vector<T> storage((count * (2 * N + 2 + proj_rank) + 1) * kLanes, T(0));
-    Vec* const a = aligned_lanes<T>(storage);
+    std::vector<T> storage((count * (2 * N + 2 + proj_rank) + 1) * kWidth, T(0));
+    Vec* const a = aligned_lanes<T, kWidth>(storage);
     Vec* const h = a + count * N;
     Vec* const bias = h + count * N;
     Vec* const skip = bias + count;
     Vec* const proj = skip + count;
     for (int64_t i = 0; i < count; ++i) {
-      const int64_t d0 = ((begin + i) % blocks) * kLanes, lanes = std::min(kLanes, dim - d0);
+      const int64_t d0 = ((begin + i) % blocks) * kWidth, lanes = std::min(kWidth, dim - d0);
       for (int64_t n = 0; n < N; ++n) {
         for (int64_t j = 0; j < lanes; ++j) a[i * N + n][j] = A[(d0 + j) * N + n];
       }
       for (int64_t r = 0; r < proj_rank; ++r) {
         for (int64_t j = 0; j < lanes; ++j) proj[i * proj_rank + r][j] = delta_proj[(d0 + j) * rank + r];
       }
-      bias[i] = delta_bias ? load_lanes(delta_bias + d0, lanes) : Vec{};
-      skip[i] = D ? load_lanes(D + d0, lanes) : Vec{};
+      bias[i] = delta_bias ? load_lanes<kWidth>(delta_bias + d0, lanes) : Vec{};
+      skip[i] = D ? load_lanes<kWidth>(D + d0, lanes) : Vec{};
     }
     for (int64_t t0 = 0; t0 < length; t0 += kStepBlock) {
       const int64_t t1 = std::min(length, t0 + kStepBlock);
       for (int64_t i = 0; i < count; ++i) {
-        const int64_t item = begin + i, b = item / blocks, d0 = (item % blocks) * kLanes;
-        const int64_t lanes = std::min(kLanes, dim - d0);
+        const int64_t item = begin + i, b = item / blocks, d0 = (item % blocks) * kWidth;
+        const int64_t lanes = std::min(kWidth, dim - d0);
         const Vec* a_i = a + i * N;
         const Vec* proj_i = proj + i * proj_rank;
         Vec* h_i = h + i * N;
         for (int64_t t = t0; t < t1; ++t) {
-          const Vec u_t = load_lanes(u + b * us.batch + t * us.row + d0, lanes);
+          const Vec u_t = load_lanes<kWidth>(u + b * us.batch + t * us.row + d0, lanes);
           const T* delta_t = delta + b * ds.batch + t * ds.row;
           Vec dt{};
           if (proj_rank > 0) {
             for (int64_t r = 0; r < proj_rank; ++r) dt += delta_t[r] * proj_i[r];
           } else {
-            dt = load_lanes(delta_t + d0, lanes);
+            dt = load_lanes<kWidth>(delta_t + d0, lanes);
           }
           dt += bias[i];
           if (use_softplus) dt = softplus_lanes(dt);
@@ -199,9 +212,9 @@ void scan_tokens(T* out, Rows os, const T* u, Rows us, const T* delta, Rows ds, 
             y += C_t[n] * h_i[n];
           }
           const int64_t row = order ? order[t] : t;
-          if (z) y *= silu_lanes(load_lanes(z + b * zs.batch + row * zs.row + d0, lanes));
+          if (z) y *= silu_lanes(load_lanes<kWidth>(z + b * zs.batch + row * zs.row + d0, lanes));
           T* out_t = out + b * os.batch + row * os.row + d0;
-          store_lanes(out_t, accumulate ? load_lanes(out_t, lanes) + y : y, lanes);
+          store_lanes(out_t, accumulate ? load_lanes<kWidth>(out_t, lanes) + y : y, lanes);
         }
       }
     }
@@ -397,79 +410,88 @@ void instance_norm_channels_last_(at::Tensor& x, const std::optional<at::Tensor>
 // (about 7e-6 of the largest output against 5e-7), still far below what a network's output tolerates.
 // Work items are blocks of tiles: transform their inputs into V (tile, position, in_channels), multiply into M (tile,
 // position, out_channels), transform M into the output. A block's V and M stay in the caches of the core that made
-// them; the multiplication keeps a 6-tile x 16-channel block of results in vector registers (AVX2: 12 of its 16).
+// them; the multiplication keeps a block of 6 tiles x 2 or 3 vectors of results in vector registers (AVX2: 12 of its
+// 16), in full-register vectors (kWideLanes floats: 16 on AVX-512, where 8-float vectors would run it at half the
+// width oneDNN's own convolutions use).
 constexpr int64_t kProductRows = 6;
-constexpr int64_t kProductCols = 2 * kLanes;
 
 using FloatLanes = LaneVec<float>;
+using WideLanes = LaneVec<float, kWideLanes>;
 
-// written out lane by lane, so the compiler loads the value straight into all lanes (one vbroadcastss from memory;
-// "FloatLanes{} + s" costs a scalar add first, which slowed the product by a third)
-static_assert(kLanes == 8, "broadcast_lanes fills 8 lanes");
-inline FloatLanes broadcast_lanes(float s) { return FloatLanes{s, s, s, s, s, s, s, s}; }
+// s in every lane of a vector, written out lane by lane so that the compiler loads it straight into all lanes (one
+// vbroadcastss from memory; "Vec{} + s" costs a scalar add first, which slowed the product by a third)
+template <typename Vec>
+inline Vec broadcast(float s);
+template <>
+inline FloatLanes broadcast<FloatLanes>(float s) {
+  static_assert(kLanes == 8, "8 lanes");
+  return FloatLanes{s, s, s, s, s, s, s, s};
+}
+#if defined(__AVX512F__)
+template <>
+inline WideLanes broadcast<WideLanes>(float s) {
+  static_assert(kWideLanes == 16, "16 lanes");
+  return WideLanes{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s};
+}
+#endif
 
 // B^T of F(m, 3) on the n = m + 2 values v[0], v[s], ..., in place
-template <int64_t m>
-inline void winograd_input_1d(FloatLanes* v, int64_t s);
-
-template <>
-inline void winograd_input_1d<2>(FloatLanes* v, int64_t s) {
-  const FloatLanes r0 = v[0], r1 = v[s], r2 = v[2 * s], r3 = v[3 * s];
-  v[0] = r0 - r2;
-  v[s] = r1 + r2;
-  v[2 * s] = r2 - r1;
-  v[3 * s] = r1 - r3;
-}
-
-template <>
-inline void winograd_input_1d<3>(FloatLanes* v, int64_t s) {
-  const FloatLanes r0 = v[0], r1 = v[s], r2 = v[2 * s], r3 = v[3 * s], r4 = v[4 * s];
-  const FloatLanes half = broadcast_lanes(0.5f);
-  const FloatLanes h12 = half * (r1 - r2);
-  v[0] = half * (r0 - r2) - r1 + r3;
-  v[s] = r3 - h12;
-  v[2 * s] = h12 - r2 + r3;
-  v[3 * s] = r3 - r1;
-  v[4 * s] = half * (r1 - r3) - r2 + r4;
+template <int64_t m, typename Vec>
+inline void winograd_input_1d(Vec* v, int64_t s) {
+  if constexpr (m == 2) {
+    const Vec r0 = v[0], r1 = v[s], r2 = v[2 * s], r3 = v[3 * s];
+    v[0] = r0 - r2;
+    v[s] = r1 + r2;
+    v[2 * s] = r2 - r1;
+    v[3 * s] = r1 - r3;
+  } else {
+    static_assert(m == 3, "F(2, 3) or F(3, 3)");
+    const Vec r0 = v[0], r1 = v[s], r2 = v[2 * s], r3 = v[3 * s], r4 = v[4 * s];
+    const Vec half = broadcast<Vec>(0.5f);
+    const Vec h12 = half * (r1 - r2);
+    v[0] = half * (r0 - r2) - r1 + r3;
+    v[s] = r3 - h12;
+    v[2 * s] = h12 - r2 + r3;
+    v[3 * s] = r3 - r1;
+    v[4 * s] = half * (r1 - r3) - r2 + r4;
+  }
 }
 
 // A^T of F(m, 3): the n = m + 2 values p[0], p[s], ... reduced to the m values o[0], o[t], ...
-template <int64_t m>
-inline void winograd_output_1d(const FloatLanes* p, int64_t s, FloatLanes* o, int64_t t);
-
-template <>
-inline void winograd_output_1d<2>(const FloatLanes* p, int64_t s, FloatLanes* o, int64_t t) {
-  const FloatLanes m0 = p[0], m1 = p[s], m2 = p[2 * s], m3 = p[3 * s];
-  o[0] = m0 + m1 + m2;
-  o[t] = m1 - m2 - m3;
+template <int64_t m, typename Vec>
+inline void winograd_output_1d(const Vec* p, int64_t s, Vec* o, int64_t t) {
+  if constexpr (m == 2) {
+    const Vec m0 = p[0], m1 = p[s], m2 = p[2 * s], m3 = p[3 * s];
+    o[0] = m0 + m1 + m2;
+    o[t] = m1 - m2 - m3;
+  } else {
+    static_assert(m == 3, "F(2, 3) or F(3, 3)");
+    const Vec m0 = p[0], m1 = p[s], m2 = p[2 * s], m3 = p[3 * s], m4 = p[4 * s];
+    o[0] = m0 + m1 + m2 + m3;
+    o[t] = m1 - m2 + broadcast<Vec>(0.5f) * m3;
+    o[2 * t] = m1 + m2 + broadcast<Vec>(0.25f) * m3 + m4;
+  }
 }
 
-template <>
-inline void winograd_output_1d<3>(const FloatLanes* p, int64_t s, FloatLanes* o, int64_t t) {
-  const FloatLanes m0 = p[0], m1 = p[s], m2 = p[2 * s], m3 = p[3 * s], m4 = p[4 * s];
-  o[0] = m0 + m1 + m2 + m3;
-  o[t] = m1 - m2 + broadcast_lanes(0.5f) * m3;
-  o[2 * t] = m1 + m2 + broadcast_lanes(0.25f) * m3 + m4;
-}
-
-// the tile's n^3 inputs from (z0, y0, x0) on (zero outside the volume), channels c0 .. c0 + count, transformed by
-// B^T along x, y and z, into d[(a * n + b) * n + e]
-template <int64_t m>
+// The tile's n^3 inputs from (z0, y0, x0) on (zero outside the volume), channels c0 .. c0 + count (count at most
+// Vec's lanes), transformed by B^T along x, y and z, stored at v[p * ldv] for each position p = (a * n + b) * n + e.
+template <int64_t m, typename Vec>
 inline void winograd_input_tile(const float* x, int64_t D, int64_t H, int64_t W, int64_t C, int64_t z0, int64_t y0,
-                                int64_t x0, int64_t c0, int64_t count, FloatLanes* d) {
-  constexpr int64_t n = m + 2;
+                                int64_t x0, int64_t c0, int64_t count, float* v, int64_t ldv) {
+  constexpr int64_t n = m + 2, width = sizeof(Vec) / sizeof(float);
+  Vec d[n * n * n];
   for (int64_t a = 0; a < n; ++a) {
     for (int64_t b = 0; b < n; ++b) {
       const int64_t z = z0 + a, y = y0 + b;
-      FloatLanes* r = d + (a * n + b) * n;
+      Vec* r = d + (a * n + b) * n;
       if (z >= 0 && z < D && y >= 0 && y < H) {
         const float* row = x + (z * H + y) * W * C + c0;
         for (int64_t e = 0; e < n; ++e) {
           const int64_t xe = x0 + e;
-          r[e] = xe >= 0 && xe < W ? load_lanes(row + xe * C, count) : FloatLanes{};
+          r[e] = xe >= 0 && xe < W ? load_lanes<width>(row + xe * C, count) : Vec{};
         }
       } else {
-        for (int64_t e = 0; e < n; ++e) r[e] = FloatLanes{};
+        for (int64_t e = 0; e < n; ++e) r[e] = Vec{};
       }
       winograd_input_1d<m>(r, 1);
     }
@@ -478,52 +500,79 @@ inline void winograd_input_tile(const float* x, int64_t D, int64_t H, int64_t W,
     for (int64_t e = 0; e < n; ++e) winograd_input_1d<m>(d + a * n * n + e, n);
   }
   for (int64_t i = 0; i < n * n; ++i) winograd_input_1d<m>(d + i, n * n);
+  for (int64_t p = 0; p < n * n * n; ++p) store_lanes(v + p * ldv, d[p], width);
 }
 
-// out[r][:] = sum_c a[r * lda + c] * b[c * ldb + :] for kProductRows rows and cols (kLanes or 2 kLanes) columns
-template <int64_t cols>
+// out[r][:] = sum_c a[r * lda + c] * b[c * ldb + :] for kProductRows rows and kVectors vectors of columns
+template <typename Vec, int64_t kVectors>
 inline void winograd_product_block(const float* a, int64_t lda, const float* b, int64_t ldb, float* out, int64_t ldo,
                                    int64_t depth) {
-  constexpr int64_t kVectors = cols / kLanes;
-  FloatLanes acc[kProductRows][kVectors];
+  Vec acc[kProductRows][kVectors];
 #pragma GCC unroll 8
   for (int64_t r = 0; r < kProductRows; ++r) {
-#pragma GCC unroll 2
-    for (int64_t j = 0; j < kVectors; ++j) acc[r][j] = FloatLanes{};
+#pragma GCC unroll 4
+    for (int64_t j = 0; j < kVectors; ++j) acc[r][j] = Vec{};
   }
   for (int64_t c = 0; c < depth; ++c) {
-    FloatLanes column[kVectors];
-#pragma GCC unroll 2
-    for (int64_t j = 0; j < kVectors; ++j) column[j] = load_lanes(b + c * ldb + j * kLanes, kLanes);
+    Vec column[kVectors];
+#pragma GCC unroll 4
+    for (int64_t j = 0; j < kVectors; ++j) std::memcpy(&column[j], b + c * ldb + j * (sizeof(Vec) / 4), sizeof(Vec));
 #pragma GCC unroll 8
     for (int64_t r = 0; r < kProductRows; ++r) {
-      const FloatLanes s = broadcast_lanes(a[r * lda + c]);
-#pragma GCC unroll 2
+      const Vec s = broadcast<Vec>(a[r * lda + c]);
+#pragma GCC unroll 4
       for (int64_t j = 0; j < kVectors; ++j) acc[r][j] += s * column[j];
     }
   }
 #pragma GCC unroll 8
   for (int64_t r = 0; r < kProductRows; ++r) {
-#pragma GCC unroll 2
-    for (int64_t j = 0; j < kVectors; ++j) store_lanes(out + r * ldo + j * kLanes, acc[r][j], kLanes);
+#pragma GCC unroll 4
+    for (int64_t j = 0; j < kVectors; ++j) std::memcpy(out + r * ldo + j * (sizeof(Vec) / 4), &acc[r][j], sizeof(Vec));
   }
 }
 
-// a tile's n^3 products (position p at mp + p * K) reduced by A^T along x, y and z, plus the bias:
-// y[(a * m + b) * m + e]
-template <int64_t m>
-inline void winograd_output_tile(const float* mp, int64_t K, FloatLanes bias, FloatLanes* y) {
-  constexpr int64_t n = m + 2;
-  FloatLanes row[n], s[n * n * m], u[n * m * m];
+// the products of kProductRows rows of a by all K columns of b: two wide vectors at a time, then what is left
+inline void winograd_product_rows(const float* a, int64_t lda, const float* b, int64_t ldb, float* out, int64_t ldo,
+                                  int64_t depth, int64_t K) {
+  int64_t k0 = 0;
+  if (kWideLanes > kLanes) {
+    for (; k0 + 3 * kWideLanes <= K; k0 += 3 * kWideLanes) {
+      winograd_product_block<WideLanes, 3>(a, lda, b + k0, ldb, out + k0, ldo, depth);
+    }
+  }
+  for (; k0 + 2 * kWideLanes <= K; k0 += 2 * kWideLanes) {
+    winograd_product_block<WideLanes, 2>(a, lda, b + k0, ldb, out + k0, ldo, depth);
+  }
+  if (kWideLanes > kLanes && k0 + kWideLanes <= K) {
+    winograd_product_block<WideLanes, 1>(a, lda, b + k0, ldb, out + k0, ldo, depth);
+    k0 += kWideLanes;
+  }
+  for (; k0 < K; k0 += kLanes) winograd_product_block<FloatLanes, 1>(a, lda, b + k0, ldb, out + k0, ldo, depth);
+}
+
+// A tile's n^3 products of output channels k0 .. k0 + Vec's lanes (position p at mp + p * K) reduced by A^T along x,
+// y and z, plus the bias, stored into its m^3 outputs of the (D, H, W, K) volume out that lie inside it.
+template <int64_t m, typename Vec>
+inline void winograd_output_tile(const float* mp, int64_t K, const float* bias, float* out, int64_t D, int64_t H,
+                                 int64_t W, int64_t z0, int64_t y0, int64_t x0) {
+  constexpr int64_t n = m + 2, width = sizeof(Vec) / sizeof(float);
+  Vec row[n], s[n * n * m], u[n * m * m], y[m * m * m];
   for (int64_t i = 0; i < n * n; ++i) {  // (z, y, x) -> (z, y, x')
-    for (int64_t e = 0; e < n; ++e) row[e] = load_lanes(mp + (i * n + e) * K, kLanes);
+    for (int64_t e = 0; e < n; ++e) row[e] = load_lanes<width>(mp + (i * n + e) * K, width);
     winograd_output_1d<m>(row, 1, s + i * m, 1);
   }
   for (int64_t a = 0; a < n; ++a) {  // -> (z, y', x')
     for (int64_t e = 0; e < m; ++e) winograd_output_1d<m>(s + a * n * m + e, m, u + a * m * m + e, m);
   }
   for (int64_t i = 0; i < m * m; ++i) winograd_output_1d<m>(u + i, m * m, y + i, m * m);  // -> (z', y', x')
-  for (int64_t i = 0; i < m * m * m; ++i) y[i] += bias;
+  const Vec b = bias ? load_lanes<width>(bias, width) : Vec{};
+  for (int64_t a = 0; a < m && z0 + a < D; ++a) {
+    for (int64_t c = 0; c < m && y0 + c < H; ++c) {
+      for (int64_t e = 0; e < m && x0 + e < W; ++e) {
+        store_lanes(out + (((z0 + a) * H + y0 + c) * W + x0 + e) * K, y[(a * m + c) * m + e] + b, width);
+      }
+    }
+  }
 }
 
 // Tiles per work item. Each block reads all the transformed weights U once, and writes and reads its V and M: few
@@ -554,17 +603,19 @@ void winograd_conv3d(const float* xp, const float* up, const float* bp, float* o
     std::vector<float> v_store(block_tiles * positions * Cp, 0.f), m_store(block_tiles * positions * K, 0.f);
     float* V = v_store.data();
     float* M = m_store.data();
-    FloatLanes d[positions], y[m * m * m];
     for (int64_t block = begin; block < end; ++block) {
       const int64_t t0 = block * block_tiles, count = std::min(block_tiles, tiles - t0);
       for (int64_t t = 0; t < count; ++t) {
         const WinogradTile tile = winograd_tile(t0 + t, tD, tH, tW);
         const float* xn = xp + tile.n * D * H * W * C;
-        for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) {
-          winograd_input_tile<m>(xn, D, H, W, C, m * tile.z - 1, m * tile.y - 1, m * tile.x - 1, c0,
-                                 std::min(kLanes, C - c0), d);
-          float* v = V + t * positions * Cp + c0;
-          for (int64_t p = 0; p < positions; ++p) store_lanes(v + p * Cp, d[p], kLanes);
+        const int64_t z0 = m * tile.z - 1, y0 = m * tile.y - 1, x0 = m * tile.x - 1;
+        float* v = V + t * positions * Cp;
+        int64_t c0 = 0;
+        for (; c0 + kWideLanes <= Cp; c0 += kWideLanes) {
+          winograd_input_tile<m, WideLanes>(xn, D, H, W, C, z0, y0, x0, c0, std::min(kWideLanes, C - c0), v + c0, Cp);
+        }
+        for (; c0 < Cp; c0 += kLanes) {
+          winograd_input_tile<m, FloatLanes>(xn, D, H, W, C, z0, y0, x0, c0, std::min(kLanes, C - c0), v + c0, Cp);
         }
       }
       const int64_t rows = (count + kProductRows - 1) / kProductRows * kProductRows;
@@ -573,26 +624,20 @@ void winograd_conv3d(const float* xp, const float* up, const float* bp, float* o
         for (int64_t r0 = 0; r0 < rows; r0 += kProductRows) {
           const float* a = V + (r0 * positions + p) * Cp;
           float* mr = M + (r0 * positions + p) * K;
-          int64_t k0 = 0;
-          for (; k0 + kProductCols <= K; k0 += kProductCols) {
-            winograd_product_block<kProductCols>(a, positions * Cp, u + k0, K, mr + k0, positions * K, Cp);
-          }
-          if (k0 < K) winograd_product_block<kLanes>(a, positions * Cp, u + k0, K, mr + k0, positions * K, Cp);
+          winograd_product_rows(a, positions * Cp, u, K, mr, positions * K, Cp, K);
         }
       }
       for (int64_t t = 0; t < count; ++t) {
         const WinogradTile tile = winograd_tile(t0 + t, tD, tH, tW);
         const int64_t z0 = m * tile.z, y0 = m * tile.y, x0 = m * tile.x;
         float* on = op + tile.n * D * H * W * K;
-        for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
-          winograd_output_tile<m>(M + t * positions * K + k0, K, bp ? load_lanes(bp + k0, kLanes) : FloatLanes{}, y);
-          for (int64_t a = 0; a < m && z0 + a < D; ++a) {
-            for (int64_t b = 0; b < m && y0 + b < H; ++b) {
-              for (int64_t e = 0; e < m && x0 + e < W; ++e) {
-                store_lanes(on + (((z0 + a) * H + y0 + b) * W + x0 + e) * K + k0, y[(a * m + b) * m + e], kLanes);
-              }
-            }
-          }
+        const float* mt = M + t * positions * K;
+        int64_t k0 = 0;
+        for (; k0 + kWideLanes <= K; k0 += kWideLanes) {
+          winograd_output_tile<m, WideLanes>(mt + k0, K, bp ? bp + k0 : nullptr, on + k0, D, H, W, z0, y0, x0);
+        }
+        for (; k0 < K; k0 += kLanes) {
+          winograd_output_tile<m, FloatLanes>(mt + k0, K, bp ? bp + k0 : nullptr, on + k0, D, H, W, z0, y0, x0);
         }
       }
     }

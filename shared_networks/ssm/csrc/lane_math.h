@@ -12,52 +12,54 @@
 
 namespace {
 
-// channels processed together (SIMD lanes)
+// channels processed together (SIMD lanes) by the training kernels and in the Winograd convolution's channel layout
 constexpr int64_t kLanes = 8;
+// float lanes of one full vector register of the build's target: the forward-only token kernels of inference_cpu.cpp
+// run this many channels together (AVX-512: 16, at the width oneDNN's own kernels use there)
+#if defined(__AVX512F__)
+constexpr int64_t kWideLanes = 16;
+#else
+constexpr int64_t kWideLanes = kLanes;
+#endif
 
 // Exponent range of exp_lanes for float: below the smallest normal / above the largest finite result.
 constexpr float kExpMin = -87.3f;
 constexpr float kExpMax = 88.3f;
 
-// kLanes values of acc_t as one GCC/Clang vector: lane-wise arithmetic compiles to SIMD instructions on any target.
+// width values of acc_t as one GCC/Clang vector: lane-wise arithmetic compiles to SIMD instructions on any target.
 // Heap buffers of them are aligned by hand (aligned_lanes) because std::vector does not honour vector alignment.
-template <typename acc_t>
-struct Lanes;
-template <>
-struct Lanes<float> {
-  typedef float type __attribute__((vector_size(kLanes * sizeof(float)), may_alias));
+template <typename acc_t, int64_t width>
+struct Lanes {
+  typedef acc_t type __attribute__((vector_size(width * sizeof(acc_t)), may_alias));
 };
-template <>
-struct Lanes<double> {
-  typedef double type __attribute__((vector_size(kLanes * sizeof(double)), may_alias));
-};
-template <typename acc_t>
-using LaneVec = typename Lanes<acc_t>::type;
-typedef int32_t LaneIntVec
-    __attribute__((vector_size(kLanes * sizeof(int32_t)), may_alias));
+template <typename acc_t, int64_t width = kLanes>
+using LaneVec = typename Lanes<acc_t, width>::type;
 
 // The first sizeof(LaneVec) - aligned address inside storage, which must hold one spare vector for the offset.
-template <typename acc_t>
-LaneVec<acc_t>* aligned_lanes(std::vector<acc_t>& storage) {
+template <typename acc_t, int64_t width = kLanes>
+LaneVec<acc_t, width>* aligned_lanes(std::vector<acc_t>& storage) {
   const std::uintptr_t address = reinterpret_cast<std::uintptr_t>(storage.data());
-  const std::uintptr_t alignment = sizeof(LaneVec<acc_t>);
-  return reinterpret_cast<LaneVec<acc_t>*>((address + alignment - 1) / alignment * alignment);
+  const std::uintptr_t alignment = sizeof(LaneVec<acc_t, width>);
+  return reinterpret_cast<LaneVec<acc_t, width>*>((address + alignment - 1) / alignment * alignment);
 }
 
-inline LaneVec<float> exp_lanes(LaneVec<float> x) {
-  x = x < kExpMin ? LaneVec<float>{} + kExpMin : x;
-  x = x > kExpMax ? LaneVec<float>{} + kExpMax : x;
-  const LaneVec<float> k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const LaneVec<float> r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
-  LaneVec<float> p = LaneVec<float>{} + 1.9875691500e-4f;
+// exp of a float vector of any width (a double vector takes the overload below)
+template <typename Vec>
+inline Vec exp_lanes(Vec x) {
+  using IntVec = decltype(x < x);  // int32 lanes, as many as x has
+  x = x < kExpMin ? Vec{} + kExpMin : x;
+  x = x > kExpMax ? Vec{} + kExpMax : x;
+  const Vec k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const Vec r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
+  Vec p = Vec{} + 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const LaneIntVec bits = (__builtin_convertvector(k, LaneIntVec) + 127) << 23;
-  LaneVec<float> scale;
+  const IntVec bits = (__builtin_convertvector(k, IntVec) + 127) << 23;
+  Vec scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
 }
@@ -68,9 +70,10 @@ inline LaneVec<double> exp_lanes(LaneVec<double> x) {
 }
 
 // log(x) for positive normal floats: exponent from the bits, Cephes' logf polynomial on the mantissa (about 1 ulp).
-inline LaneVec<float> log_lanes(LaneVec<float> x) {
-  using Vec = LaneVec<float>;
-  LaneIntVec bits;
+template <typename Vec>
+inline Vec log_lanes(Vec x) {
+  using IntVec = decltype(x < x);
+  IntVec bits;
   std::memcpy(&bits, &x, sizeof(bits));
   Vec exponent = __builtin_convertvector(((bits >> 23) & 0xff) - 126, Vec);
   bits = (bits & 0x807fffff) | 0x3f000000;  // mantissa in [0.5, 1)
@@ -95,8 +98,8 @@ inline LaneVec<float> log_lanes(LaneVec<float> x) {
 
 // softplus with torch's threshold 20, lane-wise: max(v, 0) + log1p(exp(-|v|)), log1p by Goldberg's
 // log(s) * w / (s - 1) with s = 1 + w, which stays accurate for tiny w.
-inline LaneVec<float> softplus_lanes(LaneVec<float> v) {
-  using Vec = LaneVec<float>;
+template <typename Vec>
+inline Vec softplus_lanes(Vec v) {
   const Vec magnitude = v < 0.0f ? -v : v;
   const Vec w = exp_lanes(-magnitude);
   const Vec s = 1.0f + w;
@@ -104,7 +107,6 @@ inline LaneVec<float> softplus_lanes(LaneVec<float> v) {
   const Vec result = (v > 0.0f ? v : Vec{}) + log1p_w;
   return v > 20.0f ? v : result;
 }
-
 
 template <typename acc_t>
 inline acc_t softplus(acc_t v) {
@@ -122,7 +124,10 @@ inline LaneVec<double> softplus_lanes(LaneVec<double> v) {
   return v;
 }
 
-inline LaneVec<float> sigmoid_lanes(LaneVec<float> v) { return 1.0f / (1.0f + exp_lanes(-v)); }
+template <typename Vec>
+inline Vec sigmoid_lanes(Vec v) {
+  return 1.0f / (1.0f + exp_lanes(-v));
+}
 
 inline LaneVec<double> sigmoid_lanes(LaneVec<double> v) {
   for (int64_t j = 0; j < kLanes; ++j) v[j] = sigmoid(v[j]);
