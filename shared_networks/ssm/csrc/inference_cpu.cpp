@@ -410,9 +410,9 @@ void instance_norm_channels_last_(at::Tensor& x, const std::optional<at::Tensor>
 // (about 7e-6 of the largest output against 5e-7), still far below what a network's output tolerates.
 // Work items are blocks of tiles: transform their inputs into V (tile, position, in_channels), multiply into M (tile,
 // position, out_channels), transform M into the output. A block's V and M stay in the caches of the core that made
-// them; the multiplication keeps a block of 6 tiles x 2 or 3 vectors of results in vector registers (AVX2: 12 of its
-// 16), in full-register vectors (kWideLanes floats: 16 on AVX-512, where 8-float vectors would run it at half the
-// width oneDNN's own convolutions use).
+// them; the multiplication keeps a block of 6 tiles x kProductVectors vectors of results in vector registers, in
+// full-register vectors (kWideLanes floats: 16 on AVX-512, where 8-float vectors would run it at half the width
+// oneDNN's own convolutions use).
 constexpr int64_t kProductRows = 6;
 
 using FloatLanes = LaneVec<float>;
@@ -507,6 +507,7 @@ inline void winograd_input_tile(const float* x, int64_t D, int64_t H, int64_t W,
 template <typename Vec, int64_t kVectors>
 inline void winograd_product_block(const float* a, int64_t lda, const float* b, int64_t ldb, float* out, int64_t ldo,
                                    int64_t depth) {
+  constexpr int64_t width = sizeof(Vec) / sizeof(float);
   Vec acc[kProductRows][kVectors];
 #pragma GCC unroll 8
   for (int64_t r = 0; r < kProductRows; ++r) {
@@ -516,7 +517,7 @@ inline void winograd_product_block(const float* a, int64_t lda, const float* b, 
   for (int64_t c = 0; c < depth; ++c) {
     Vec column[kVectors];
 #pragma GCC unroll 4
-    for (int64_t j = 0; j < kVectors; ++j) std::memcpy(&column[j], b + c * ldb + j * (sizeof(Vec) / 4), sizeof(Vec));
+    for (int64_t j = 0; j < kVectors; ++j) std::memcpy(&column[j], b + c * ldb + j * width, sizeof(Vec));
 #pragma GCC unroll 8
     for (int64_t r = 0; r < kProductRows; ++r) {
       const Vec s = broadcast<Vec>(a[r * lda + c]);
@@ -527,25 +528,28 @@ inline void winograd_product_block(const float* a, int64_t lda, const float* b, 
 #pragma GCC unroll 8
   for (int64_t r = 0; r < kProductRows; ++r) {
 #pragma GCC unroll 4
-    for (int64_t j = 0; j < kVectors; ++j) std::memcpy(out + r * ldo + j * (sizeof(Vec) / 4), &acc[r][j], sizeof(Vec));
+    for (int64_t j = 0; j < kVectors; ++j) std::memcpy(out + r * ldo + j * width, &acc[r][j], sizeof(Vec));
   }
 }
 
-// the products of kProductRows rows of a by all K columns of b: two wide vectors at a time, then what is left
+// Vectors of results per product block: as many as the vector registers hold beside the column and the broadcast
+// operand (AVX-512's 32 registers hold 6 x 3, AVX2's 16 hold 6 x 2).
+constexpr int64_t kProductVectors = kWideLanes > kLanes ? 3 : 2;
+
+// the products of kProductRows rows of a by all K columns of b: blocks of kProductVectors wide vectors, then narrower
+// blocks for what is left (K is a multiple of kLanes)
 inline void winograd_product_rows(const float* a, int64_t lda, const float* b, int64_t ldb, float* out, int64_t ldo,
                                   int64_t depth, int64_t K) {
   int64_t k0 = 0;
-  if (kWideLanes > kLanes) {
-    for (; k0 + 3 * kWideLanes <= K; k0 += 3 * kWideLanes) {
-      winograd_product_block<WideLanes, 3>(a, lda, b + k0, ldb, out + k0, ldo, depth);
-    }
+  for (; k0 + kProductVectors * kWideLanes <= K; k0 += kProductVectors * kWideLanes) {
+    winograd_product_block<WideLanes, kProductVectors>(a, lda, b + k0, ldb, out + k0, ldo, depth);
   }
-  for (; k0 + 2 * kWideLanes <= K; k0 += 2 * kWideLanes) {
+  if (kProductVectors > 2 && k0 + 2 * kWideLanes <= K) {
     winograd_product_block<WideLanes, 2>(a, lda, b + k0, ldb, out + k0, ldo, depth);
+    k0 += 2 * kWideLanes;
   }
-  if (kWideLanes > kLanes && k0 + kWideLanes <= K) {
+  for (; k0 + kWideLanes <= K; k0 += kWideLanes) {
     winograd_product_block<WideLanes, 1>(a, lda, b + k0, ldb, out + k0, ldo, depth);
-    k0 += kWideLanes;
   }
   for (; k0 < K; k0 += kLanes) winograd_product_block<FloatLanes, 1>(a, lda, b + k0, ldb, out + k0, ldo, depth);
 }
